@@ -1,1 +1,1 @@
-"""The ``orchestration`` command-line program (composition root: the only place that reads settings)."""
+"""The ``orchestration`` command-line program (the composition root: it alone reads settings)."""

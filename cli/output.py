@@ -1,14 +1,14 @@
 """Shared CLI conventions: ``--output text|json``, printing data and errors, exit codes.
 
-Exit codes: 0 success, 1 a failure the user can act on (invalid definition, run failed), 2 usage error
-(typer/click's own code for bad arguments).
+Exit codes: 0 success, 1 a failure the user can act on (invalid definition, run failed),
+2 usage error (typer/click's own code for bad arguments).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -19,7 +19,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     text = "text"
     json = "json"
 

@@ -98,7 +98,7 @@ class ConditionError(RuntimeWorkflowError):
 
 
 class ActivityError(RuntimeWorkflowError):
-    """An activity failed. ``error`` is the name catch/retry rules match; ``retryable`` its intent."""
+    """An activity failed; ``error`` is what catch/retry rules match, ``retryable`` its intent."""
 
     def __init__(self, error: str, message: str, *, retryable: bool = True) -> None:
         super().__init__(f"{error}: {message}")
@@ -107,5 +107,6 @@ class ActivityError(RuntimeWorkflowError):
         self.retryable = retryable
 
     @property
-    def error_name(self) -> str:  # type: ignore[override]  # instance-level name for activities
+    # type-ignore: an instance-level name (per activity) replaces the class-level constant.
+    def error_name(self) -> str:  # type: ignore[override]
         return self.error

@@ -1,7 +1,7 @@
 """Runtime data of one run and the vocabulary between the pure engine and whoever executes it.
 
-The engine (``interpreter.engine.Engine``) is pure: ``next_action(run)`` says what must happen at the
-current state, the executor (the Prefect flow, or the dry-run simulator) does it and reports an
+The engine (``interpreter.engine.Engine``) is pure: ``next_action(run)`` says what must happen at
+the current state, the executor (the Prefect flow, or the dry-run simulator) does it and reports an
 ``Outcome``, and ``apply(run, outcome)`` returns the next ``RunState``. Same inputs, same outputs:
 a replayed flow makes exactly the same decisions. Time only enters through outcomes (``at``) and
 ``SystemContext.started_at``; the engine never reads a clock.

@@ -8,6 +8,7 @@ dropped when the session ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import os
 import shutil
@@ -37,7 +38,7 @@ def free_port() -> int:
 async def _can_connect(dsn: str) -> bool:
     try:
         conn = await asyncpg.connect(dsn, timeout=3)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+    except (OSError, asyncpg.PostgresError, TimeoutError):
         return False
     await conn.close()
     return True
@@ -88,10 +89,9 @@ class PostgresServer:
                 await conn.close()
 
         if self._databases:
-            try:
+            # The server may have gone away first; then there is nothing left to clean.
+            with contextlib.suppress(OSError, asyncpg.PostgresError):
                 asyncio.run(drop())
-            except (OSError, asyncpg.PostgresError):
-                pass  # the server went away first; nothing left to clean
         if self._process is not None:
             self._process.terminate()
             self._process.wait(timeout=30)

@@ -92,7 +92,7 @@ def start_prefect_server(postgres: PostgresServer | None) -> PrefectServer:
         if process.poll() is not None:
             raise RuntimeError(f"prefect server exited early:\n{server.log_tail()}")
         try:
-            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:  # noqa: S310
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
                 if response.status == 200:
                     return server
         except (urllib.error.URLError, OSError):
