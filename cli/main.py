@@ -1,7 +1,7 @@
 """Entry point of ``orchestration``: builds the typer app from the command modules.
 
-Each command module exposes ``register(app)`` and imports its heavy dependencies (Prefect, databases)
-inside the commands, so ``orchestration validate`` stays fast.
+Each command module exposes ``register(app)`` and imports its heavy dependencies (Prefect,
+databases) inside the commands, so ``orchestration validate`` stays fast.
 """
 
 from __future__ import annotations
