@@ -1,0 +1,30 @@
+"""The interpreter's hard limits: sizes, depths and budgets that bound every untrusted input."""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "MAX_BRANCH_NESTING",
+    "MAX_DEPTH",
+    "MAX_DOCUMENT_BYTES",
+    "MAX_EXPRESSION_LENGTH",
+    "MAX_REGEX_LENGTH",
+    "MAX_STATES",
+    "REGEX_TIMEOUT_SECONDS",
+]
+
+#: Largest definition document accepted, in bytes (checked before parsing).
+MAX_DOCUMENT_BYTES: Final = 1_000_000
+#: Deepest nesting of JSON containers, templates and conditions.
+MAX_DEPTH: Final = 64
+#: Most states in one definition, branches included.
+MAX_STATES: Final = 500
+#: Longest JSONPath expression, in characters.
+MAX_EXPRESSION_LENGTH: Final = 1_000
+#: Longest regular expression in a ``matches`` condition, in characters.
+MAX_REGEX_LENGTH: Final = 500
+#: Wall-clock budget of one regular-expression match, in seconds.
+REGEX_TIMEOUT_SECONDS: Final = 0.05
+#: Deepest nesting of parallel/map branches inside each other.
+MAX_BRANCH_NESTING: Final = 8
