@@ -1,0 +1,120 @@
+"""Parse the time literals of a definition: ISO 8601 durations and RFC 3339 timestamps.
+
+Durations: ``PnW`` or ``P[nD][T[nH][nM][nS]]`` with non-negative integers, seconds may carry a
+fraction (``PT1.5S``, ``PT0,25S``). Years and months are refused: they have no fixed length, so a
+wait of ``P1M`` would mean something different on each date. Timestamps: RFC 3339 date-time with a
+``Z`` or ``+hh:mm``/``-hh:mm`` offset; a naive time is refused because it names no instant.
+Fractions beyond microseconds are truncated; a leap second (``:60``) is refused (Python's datetime
+cannot hold it).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Final
+
+from interpreter.errors import ExpressionError
+
+__all__ = ["parse_duration", "parse_timestamp"]
+
+# Longest literal worth parsing; anything longer is refused before any regex runs.
+_MAX_LITERAL_LENGTH: Final = 100
+
+_WEEKS: Final = re.compile(r"P([0-9]+)W", re.ASCII)
+_DAY_TIME: Final = re.compile(
+    r"P(?:(?P<days>[0-9]+)D)?"
+    r"(?:T(?:(?P<hours>[0-9]+)H)?(?:(?P<minutes>[0-9]+)M)?(?:(?P<seconds>[0-9]+(?:[.,][0-9]+)?)S)?)?",
+    re.ASCII,
+)
+_YEARS_OR_MONTHS: Final = re.compile(r"P(?:[0-9.,]+Y|(?:[0-9.,]+[YW])*[0-9.,]+M)", re.ASCII)
+
+_TIMESTAMP: Final = re.compile(
+    r"(?P<year>[0-9]{4})-(?P<month>[0-9]{2})-(?P<day>[0-9]{2})[Tt ]"
+    r"(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})(?:\.(?P<fraction>[0-9]+))?"
+    r"(?:(?P<utc>[Zz])|(?P<sign>[+-])(?P<off_hour>[0-9]{2}):(?P<off_minute>[0-9]{2}))?",
+    re.ASCII,
+)
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+def parse_duration(text: str) -> timedelta:
+    """An ISO 8601 duration (``PT5M``, ``P1DT2H``, ``P2W``, ``PT0.5S``) as a ``timedelta``."""
+    if not isinstance(text, str):
+        raise ExpressionError(f"a duration must be a string, got {type(text).__name__}")
+    if len(text) > _MAX_LITERAL_LENGTH:
+        raise ExpressionError(
+            f"duration {_shown(text)} is longer than {_MAX_LITERAL_LENGTH} characters", text
+        )
+    expected = "expected an ISO 8601 duration such as 'PT30S', 'PT5M', 'P1DT12H' or 'P2W'"
+    try:
+        weeks = _WEEKS.fullmatch(text)
+        if weeks:
+            return timedelta(weeks=int(weeks.group(1)))
+        parts = _DAY_TIME.fullmatch(text)
+        if parts is None or text in ("P", "PT") or text.endswith("T"):
+            if _YEARS_OR_MONTHS.match(text):
+                raise ExpressionError(
+                    f"duration {_shown(text)}: years and months have no fixed length; "
+                    "give days or weeks instead (e.g. 'P30D')",
+                    text,
+                )
+            raise ExpressionError(f"duration {_shown(text)}: {expected}", text)
+        seconds = (parts.group("seconds") or "0").replace(",", ".")
+        return timedelta(
+            days=int(parts.group("days") or 0),
+            hours=int(parts.group("hours") or 0),
+            minutes=int(parts.group("minutes") or 0),
+            seconds=float(seconds),
+        )
+    except OverflowError as exc:
+        raise ExpressionError(f"duration {_shown(text)} is too long to represent", text) from exc
+
+
+def parse_timestamp(text: str) -> datetime:
+    """An RFC 3339 timestamp with an offset (``2024-01-01T00:00:00Z``) as an aware ``datetime``."""
+    if not isinstance(text, str):
+        raise ExpressionError(f"a timestamp must be a string, got {type(text).__name__}")
+    if len(text) > _MAX_LITERAL_LENGTH:
+        raise ExpressionError(
+            f"timestamp {_shown(text)} is longer than {_MAX_LITERAL_LENGTH} characters", text
+        )
+    found = _TIMESTAMP.fullmatch(text)
+    if found is None:
+        raise ExpressionError(
+            f"timestamp {_shown(text)}: expected RFC 3339 such as '2024-01-31T08:30:00Z' "
+            "or '2024-01-31T09:30:00+01:00'",
+            text,
+        )
+    if not found.group("utc") and not found.group("sign"):
+        raise ExpressionError(
+            f"timestamp {_shown(text)} has no offset: add 'Z' for UTC or an offset like '+01:00'",
+            text,
+        )
+    if found.group("second") == "60":
+        raise ExpressionError(f"timestamp {_shown(text)}: leap seconds are not supported", text)
+    offset = timedelta(0)
+    if found.group("sign"):
+        off_hour, off_minute = int(found.group("off_hour")), int(found.group("off_minute"))
+        if off_hour > 23 or off_minute > 59:
+            raise ExpressionError(f"timestamp {_shown(text)}: offset out of range", text)
+        offset = timedelta(hours=off_hour, minutes=off_minute)
+        if found.group("sign") == "-":
+            offset = -offset
+    fraction = (found.group("fraction") or "0")[:6].ljust(6, "0")
+    try:
+        return datetime(
+            int(found.group("year")),
+            int(found.group("month")),
+            int(found.group("day")),
+            int(found.group("hour")),
+            int(found.group("minute")),
+            int(found.group("second")),
+            int(fraction),
+            tzinfo=timezone(offset),
+        )
+    except ValueError as exc:
+        raise ExpressionError(f"timestamp {_shown(text)}: {exc}", text) from exc
