@@ -1,0 +1,378 @@
+"""Turn untrusted definition text into a ``WorkflowDefinition``, refusing oversized input safely.
+
+Order matters: the byte size is checked before anything else, nesting depth is measured by an
+iterative scan of the raw text (brackets outside strings) before ``json.loads`` ever sees it (the
+stdlib parser recurses and raises ``RecursionError`` around 1,000 levels), then the JSON is parsed
+(duplicate members and NaN/Infinity refused), states are counted, and only then are the models
+built.
+Model errors become ``Problem`` values with JSON pointers into the document as written.
+
+``read_definition`` returns every problem found; ``load_definition`` raises on the first batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import types
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Union, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from interpreter.errors import DefinitionParseError, DefinitionTooLargeError
+from interpreter.limits import MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_STATES
+from interpreter.models import WorkflowDefinition
+from interpreter.problems import Problem, did_you_mean, pointer
+
+__all__ = [
+    "LoadResult",
+    "definition_hash",
+    "dump_definition",
+    "load_definition",
+    "parse_document",
+    "read_definition",
+]
+
+_LIMIT_CODES = frozenset({"document-too-large", "too-deep", "too-many-states"})
+
+# A JSON string (escapes included) or one bracket. Strings are consumed whole so brackets inside
+# them do not count; the unrolled form never backtracks.
+_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    """The definition when the text is a well-formed definition, and every problem found."""
+
+    definition: WorkflowDefinition | None
+    problems: list[Problem] = field(default_factory=list)
+
+
+class _RefusedError(Exception):
+    """Internal: the document was refused; carries the problem."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+class _DuplicateKeys(dict[str, Any]):
+    """An object in which at least one member name occurred twice (the last value was kept)."""
+
+    duplicates: list[str]
+
+
+def _decode(text: str | bytes) -> str:
+    if isinstance(text, str):
+        # A str of more than MAX characters is larger in bytes too; skip encoding it.
+        size = len(text) if len(text) > MAX_DOCUMENT_BYTES else len(text.encode("utf-8"))
+    else:
+        size = len(text)
+    if size > MAX_DOCUMENT_BYTES:
+        raise _RefusedError(
+            Problem(
+                "document-too-large",
+                "",
+                f"the document is {size:,} bytes; the limit is {MAX_DOCUMENT_BYTES:,} bytes",
+            )
+        )
+    if isinstance(text, str):
+        return text
+    try:
+        return text.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _RefusedError(
+            Problem("invalid-json", "", f"the document is not UTF-8 text: {exc.reason}")
+        ) from exc
+
+
+def _check_depth(text: str) -> None:
+    depth = 0
+    for match in _TOKENS.finditer(text):
+        bracket = match.group()
+        if bracket in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = text.count("\n", 0, match.start()) + 1
+                raise _RefusedError(
+                    Problem(
+                        "too-deep",
+                        "",
+                        f"objects and arrays are nested more than {MAX_DEPTH} levels deep "
+                        f"(at line {line}); the limit is {MAX_DEPTH}",
+                    )
+                )
+        elif bracket in "]}":
+            depth -= 1
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) == len(pairs):
+        return result
+    seen: set[str] = set()
+    marked = _DuplicateKeys(result)
+    marked.duplicates = []
+    for key, _ in pairs:
+        if key in seen and key not in marked.duplicates:
+            marked.duplicates.append(key)
+        seen.add(key)
+    return marked
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _parse(text: str | bytes) -> Any:
+    decoded = _decode(text)
+    _check_depth(decoded)
+    try:
+        return json.loads(decoded, object_pairs_hook=_object, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise _RefusedError(
+            Problem(
+                "invalid-json",
+                "",
+                f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            )
+        ) from exc
+    except ValueError as exc:  # NaN/Infinity, or an integer with too many digits
+        raise _RefusedError(Problem("invalid-json", "", f"not valid JSON: {exc}")) from exc
+
+
+def _duplicate_problems(document: Any) -> list[Problem]:
+    problems: list[Problem] = []
+    stack: list[tuple[Any, str]] = [(document, "")]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, dict):
+            if isinstance(node, _DuplicateKeys):
+                problems.extend(
+                    Problem(
+                        "duplicate-key",
+                        where + pointer(key),
+                        f"member {key!r} appears more than once; only the last one would be kept",
+                    )
+                    for key in node.duplicates
+                )
+            stack.extend((value, where + pointer(key)) for key, value in node.items())
+        elif isinstance(node, list):
+            stack.extend((value, where + pointer(i)) for i, value in enumerate(node))
+    return sorted(problems, key=lambda p: p.pointer)
+
+
+def _count_states(document: Any) -> int:
+    """States in the document, branches included, counted on the raw JSON before the models."""
+    count = 0
+    pending: list[Any] = [document]
+    while pending:
+        scope = pending.pop()
+        states = scope.get("states") if isinstance(scope, dict) else None
+        if not isinstance(states, dict):
+            continue
+        for state in states.values():
+            count += 1
+            if not isinstance(state, dict):
+                continue
+            if isinstance(state.get("branches"), list):
+                pending.extend(state["branches"])
+            pending.append(state.get("branch"))
+    return count
+
+
+def _refuse(problem: Problem) -> DefinitionTooLargeError | DefinitionParseError:
+    if problem.code in _LIMIT_CODES:
+        return DefinitionTooLargeError(problem.message)
+    return DefinitionParseError(problem.message, problem.pointer)
+
+
+def parse_document(text: str | bytes) -> Any:
+    """The limited JSON parse alone: size, depth, then JSON. Raises on any refusal."""
+    try:
+        document = _parse(text)
+    except _RefusedError as refused:
+        raise _refuse(refused.problem) from None
+    duplicates = _duplicate_problems(document)
+    if duplicates:
+        raise _refuse(duplicates[0])
+    return document
+
+
+def read_definition(text: str | bytes) -> LoadResult:
+    """Parse and build the definition, collecting every problem instead of raising."""
+    try:
+        document = _parse(text)
+    except _RefusedError as refused:
+        return LoadResult(None, [refused.problem])
+    count = _count_states(document)
+    if count > MAX_STATES:
+        message = (
+            f"the definition has {count} states (branches included); the limit is {MAX_STATES}"
+        )
+        return LoadResult(None, [Problem("too-many-states", "/states", message)])
+    problems = _duplicate_problems(document)
+    try:
+        definition = WorkflowDefinition.model_validate(document)
+    except ValidationError as exc:
+        problems.extend(_problem_from_error(error, document) for error in exc.errors())
+        return LoadResult(None, problems)
+    return LoadResult(None if problems else definition, problems)
+
+
+def load_definition(text: str | bytes) -> WorkflowDefinition:
+    """The definition in ``text``; raises ``DefinitionTooLargeError`` or ``DefinitionParseError``.
+
+    The parse error's message lists every problem found; its ``pointer`` is the first one's.
+    """
+    result = read_definition(text)
+    if result.definition is not None:
+        return result.definition
+    first = result.problems[0]
+    if first.code in _LIMIT_CODES:
+        raise DefinitionTooLargeError(first.message)
+    lines = [str(p) for p in result.problems]
+    raise DefinitionParseError(
+        "not a valid workflow definition:\n  " + "\n  ".join(lines), first.pointer
+    )
+
+
+def dump_definition(definition: WorkflowDefinition) -> str:
+    """The definition as JSON, with exactly the members that were given (loads back equal)."""
+    return definition.model_dump_json(by_alias=True, exclude_unset=True, indent=2) + "\n"
+
+
+def definition_hash(definition: WorkflowDefinition) -> str:
+    """sha256 hex of the canonical JSON (defaults filled, sorted keys; ``$schema`` left out)."""
+    data = definition.model_dump(mode="json", by_alias=True, exclude={"schema_"})
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+# --- pydantic errors -> problems ---------------------------------------------------------------
+
+
+def _pointer_for(loc: tuple[int | str, ...], document: Any) -> str:
+    """Map a pydantic location onto the raw document, dropping discriminator tags."""
+    parts: list[str | int] = []
+    node = document
+    tag_skipped = False
+    for index, part in enumerate(loc):
+        is_last = index == len(loc) - 1
+        is_tag = (
+            isinstance(node, dict)
+            and not tag_skipped
+            and part in (node.get("type"), node.get("op"))
+            and not is_last
+        )
+        present = (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        )
+        if is_tag:
+            tag_skipped = True
+        elif present:
+            parts.append(part)
+            node, tag_skipped = node[part], False
+        elif is_last:
+            parts.append(part)
+    return pointer(*parts)
+
+
+def _strip(tp: Any) -> Any:
+    """Remove ``Annotated`` and ``| None`` around a type."""
+    while True:
+        origin = get_origin(tp)
+        if origin is Annotated:
+            tp = get_args(tp)[0]
+        elif origin in (Union, types.UnionType):
+            members = [a for a in get_args(tp) if a is not type(None)]
+            if len(members) != 1:
+                return tp
+            tp = members[0]
+        else:
+            return tp
+
+
+def _member_names_at(loc: tuple[int | str, ...]) -> list[str]:
+    """Member names the model at ``loc`` accepts (empty when ``loc`` is not a model)."""
+    current: Any = WorkflowDefinition
+    for part in loc:
+        current = _strip(current)
+        origin = get_origin(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            fields = current.model_fields
+            found = [f for n, f in fields.items() if part in (n, f.alias)]
+            if not found:
+                return []
+            current = found[0].annotation
+        elif origin is dict:
+            current = get_args(current)[1]
+        elif origin is list:
+            current = get_args(current)[0]
+        elif origin in (Union, types.UnionType):
+            tagged = [m for m in get_args(current) if _tag_matches(m, part)]
+            if not tagged:
+                return []
+            current = tagged[0]
+        else:
+            return []
+    current = _strip(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [f.alias or n for n, f in current.model_fields.items()]
+    return []
+
+
+def _tag_matches(model: Any, tag: int | str) -> bool:
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return False
+    for name in ("type", "op"):
+        info = model.model_fields.get(name)
+        if info is not None and tag in get_args(info.annotation):
+            return True
+    return False
+
+
+def _shown(value: Any) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _problem_from_error(error: ErrorDetails, document: Any) -> Problem:
+    loc = tuple(error["loc"])
+    where = _pointer_for(loc, document)
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "missing":
+        return Problem("missing-field", where, f"required member {loc[-1]!r} is missing")
+    if kind == "extra_forbidden":
+        allowed = _member_names_at(loc[:-1])
+        expected = f"; expected one of: {', '.join(sorted(allowed))}" if allowed else ""
+        return Problem(
+            "unknown-field",
+            where,
+            f"unknown member {loc[-1]!r}{expected}",
+            hint=did_you_mean(str(loc[-1]), allowed),
+        )
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        discriminator = str(ctx.get("discriminator", "")).strip("'")
+        tags = re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
+        what = "state type" if discriminator == "type" else "operator"
+        expected = f"; expected one of: {', '.join(tags)}" if tags else ""
+        where = where + pointer(discriminator)
+        if kind == "union_tag_not_found":
+            return Problem("missing-field", where, f"required member {discriminator!r} is missing")
+        tag = str(ctx.get("tag", ""))
+        code = "unknown-state-type" if discriminator == "type" else "unknown-operator"
+        return Problem(
+            code, where, f"unknown {what} {tag!r}{expected}", hint=did_you_mean(tag, tags)
+        )
+    message = error["msg"].removeprefix("Value error, ")
+    if kind == "model_type" or kind == "dict_type":
+        message = "expected a JSON object"
+    return Problem("invalid-value", where, f"{message}; got {_shown(error.get('input'))}")

@@ -1,0 +1,102 @@
+"""One finding about a definition: a stable code, a JSON pointer, what is wrong and how to fix it.
+
+Loading (``interpreter.loader``) and validation (``interpreter.validate``) report ``Problem`` values
+rather than stopping at the first one. ``CODES`` lists every code with a one-line meaning; codes are
+stable (tests, the CLI's JSON output and editors key on them), messages may improve.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["CODES", "Problem", "Severity", "did_you_mean", "pointer"]
+
+Severity = Literal["error", "warning"]
+
+#: Every code a Problem can carry, with what it means.
+CODES: dict[str, str] = {
+    # document and shape (loader)
+    "document-too-large": "the document is larger than MAX_DOCUMENT_BYTES",
+    "too-deep": "JSON containers are nested deeper than MAX_DEPTH",
+    "too-many-states": "more than MAX_STATES states, branches included",
+    "invalid-json": "the document is not JSON (or not UTF-8)",
+    "duplicate-key": "an object names the same member twice",
+    "missing-field": "a required member is absent",
+    "unknown-field": "a member the language does not define",
+    "unknown-state-type": "a state's type is not one of the state types",
+    "unknown-operator": "a condition's op is not one of the operators",
+    "invalid-value": "a member has the wrong type or is out of range",
+    # transitions and graph (validate)
+    "unknown-target": "startAt, next, default, timeoutNext or a catch names no state in its scope",
+    "empty-states": "a workflow or branch has no states",
+    "next-and-end": "a state has both next and end: true",
+    "missing-next": "a state has neither next nor end: true",
+    "unreachable-state": "no path from startAt reaches the state",
+    "no-terminal-path": "states that can never reach a terminal state",
+    "infinite-loop": "a cycle with no wait state and no edge leaving it",
+    "too-deeply-nested": "parallel/map branches nested deeper than MAX_BRANCH_NESTING",
+    "state-name-collision": "one name used by several states where the name alone must be unique",
+    # contents (validate)
+    "unknown-activity": "a task or compensation names an activity the registry does not have",
+    "invalid-jsonpath": "a JSONPath expression that does not compile",
+    "expression-too-long": "an expression longer than MAX_EXPRESSION_LENGTH",
+    "invalid-result-path": "a resultPath/errorPath that is not an assignable $.state path",
+    "invalid-regex": "a matches pattern that does not compile or is too costly",
+    "invalid-operand": "a comparison value of the wrong kind for its operator",
+    "invalid-duration": "a wait duration that is not ISO 8601",
+    "invalid-timestamp": "a wait timestamp that is neither RFC 3339 nor a JSONPath",
+    "empty-wait": "a wait with nothing to wait for",
+    "ambiguous-wait": "a wait with more than one of seconds, duration, timestamp, event",
+    "unknown-compensation-state": "a compensation state names a state that does not exist",
+    # warnings
+    "wait-without-timeout": "an event wait with no timeout may wait forever",
+    "timeout-next-without-timeout": "timeoutNext is never taken without timeoutSeconds",
+    "choice-without-default": "no default: a run fails when no choice matches",
+    "unused-compensation": "a compensate spec that nothing will ever run",
+    "nothing-to-compensate": "a compensation state names a state that has no compensate spec",
+    "unreachable-catch": "a catch rule after a catch-all '*' rule is never used",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A finding. ``pointer`` is an RFC 6901 JSON pointer into the document ("" is the root)."""
+
+    code: str
+    pointer: str
+    message: str
+    severity: Severity = "error"
+    hint: str | None = None
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == "error"
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {
+            "code": self.code,
+            "pointer": self.pointer,
+            "message": self.message,
+            "severity": self.severity,
+            "hint": self.hint,
+        }
+
+    def __str__(self) -> str:
+        hint = f" ({self.hint})" if self.hint else ""
+        return f"{self.pointer or '/'}: {self.severity} {self.code}: {self.message}{hint}"
+
+
+def pointer(*parts: str | int) -> str:
+    """Build a JSON pointer from raw member names and indices, escaping ``~`` and ``/``."""
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
+    """A "did you mean ...?" hint naming the closest candidates, or None when none is close."""
+    matches = difflib.get_close_matches(word, sorted(set(candidates)), n=3, cutoff=0.6)
+    if not matches:
+        return None
+    return "did you mean " + " or ".join(repr(m) for m in matches) + "?"
