@@ -21,7 +21,7 @@ import importlib
 import typing
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Activity",
+    "ActivityDecorator",
     "ActivityFn",
     "ActivityInput",
     "ActivityOutput",
@@ -82,11 +83,15 @@ class ActivityOutput(BaseModel):
     )
 
 
-InT = TypeVar("InT", bound=BaseModel)
-OutT = TypeVar("OutT", bound=BaseModel)
-
 #: What an activity function looks like, once its models are erased.
 ActivityFn = Callable[["ActivityContext", Any], Awaitable[BaseModel]]
+FnT = TypeVar("FnT", bound=ActivityFn)
+
+
+class ActivityDecorator(Protocol):
+    """What ``ActivityRegistry.activity(...)`` returns: it registers ``fn`` and returns it as is."""
+
+    def __call__(self, fn: FnT, /) -> FnT: ...
 
 
 class DuplicateActivityError(ValueError):
@@ -184,21 +189,16 @@ class ActivityRegistry:
         description: str,
         retry_safe: bool,
         changes_state: bool,
-        input_model: type[InT] | None = None,
-        output_model: type[OutT] | None = None,
-    ) -> Callable[
-        [Callable[[ActivityContext, InT], Awaitable[OutT]]],
-        Callable[[ActivityContext, InT], Awaitable[OutT]],
-    ]:
+        input_model: type[BaseModel] | None = None,
+        output_model: type[BaseModel] | None = None,
+    ) -> ActivityDecorator:
         """Decorator registering ``fn(ctx, input) -> output``.
 
         The models come from the function's annotations unless given (give them for functions
         defined where their annotations cannot be resolved, such as inside a test).
         """
 
-        def decorate(
-            fn: Callable[[ActivityContext, InT], Awaitable[OutT]],
-        ) -> Callable[[ActivityContext, InT], Awaitable[OutT]]:
+        def decorate(fn: FnT, /) -> FnT:
             in_model: type[BaseModel]
             out_model: type[BaseModel]
             if input_model is None or output_model is None:

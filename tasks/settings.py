@@ -8,7 +8,7 @@ the environment.
 
 from __future__ import annotations
 
-from typing import Self
+from typing import TypeVar, cast
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,15 +18,19 @@ __all__ = ["DefinitionSettings", "HttpSettings", "NotifySettings"]
 MIB = 1024 * 1024
 
 
+S = TypeVar("S", bound="_Embedded")
+
+
 class _Embedded(BaseSettings):
     @classmethod
-    def embedded(cls) -> Self:
+    def embedded(cls: type[S]) -> S:
         """The embedded defaults alone, without reading the environment.
 
         ``model_construct`` skips validation, which the defaults need not: they are valid by
         construction (a test pins that they equal a validated instance).
         """
-        return cls.model_construct()
+        # cast: the pydantic mypy plugin types model_construct as returning the defining class.
+        return cast(S, cls.model_construct())
 
 
 class HttpSettings(_Embedded):
