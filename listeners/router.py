@@ -1,0 +1,352 @@
+"""Start-or-route: what happens to a device event after a transport has delivered it.
+
+``Router.handle(event)`` first records the event durably (insert-or-ignore on its event id), then:
+
+- no run for the device, or its last run has finished -> start a run of the configured workflow;
+- the device's run waits for an event of this name -> resume it (the run claims the event itself);
+- the device's run is busy -> nothing more: the event waits in the store until a run asks for it.
+
+Where the truth lives: the ``device_runs`` row of our database. A start is a compare-and-set on
+that row (``claim_start`` succeeds for one caller only, and writes its outbox row in the same
+transaction), and the Prefect run is created with an idempotency key derived from the device and
+the event that claimed the start, so a crash between claim and create, a redelivery, or a second
+router all converge on one run. Whether a run has finished is kept in the row too (the flow marks
+it, and the reconciler sweeps runs that crashed): routing a busy device's event never asks
+Prefect.
+
+Prefect down never loses an event and never blocks the queue: the event is recorded first, a start
+or resume that cannot reach Prefect stays in the outbox (``deferred``), and the reconciler
+(``listeners.outbox``) retries it until it is done. Every step can run twice.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from listeners.control import ControlError, ControlUnavailableError, ResumeStatus, RunControl
+from listeners.events import IncomingEvent
+
+__all__ = [
+    "DeviceRun",
+    "EventLog",
+    "OutboxItem",
+    "RecordStatus",
+    "RouteAction",
+    "RouteResult",
+    "Router",
+    "RunLedger",
+    "WaitIndex",
+    "resume_input",
+    "run_key_for",
+]
+
+log = logging.getLogger(__name__)
+
+
+class RecordStatus(enum.StrEnum):
+    RECORDED = "recorded"  # stored now
+    DUPLICATE = "duplicate"  # stored before (a redelivery); routed again, which is harmless
+    OVERFLOW = "overflow"  # the device holds too many events; not stored
+
+
+class RouteAction(enum.StrEnum):
+    STARTED = "started"
+    RESUMED = "resumed"
+    BUSY = "busy"  # a run is busy; the event waits in the store
+    DEFERRED = "deferred"  # Prefect could not be reached; the outbox will finish the job
+    REFUSED = "refused"  # the event was not stored (overflow), so nothing was routed
+
+
+@dataclass(frozen=True, slots=True)
+class RouteResult:
+    device_id: str
+    event_id: str
+    recorded: RecordStatus
+    action: RouteAction
+    run_id: str | None = None
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "deviceId": self.device_id,
+            "eventId": self.event_id,
+            "recorded": self.recorded.value,
+            "action": self.action.value,
+            "runId": self.run_id,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRun:
+    """The device's current run as the ledger knows it."""
+
+    device_id: str
+    run_key: str  # the Prefect idempotency key of the run
+    run_id: str | None  # None while the start is claimed but not yet confirmed by Prefect
+    status: str  # "starting" | "running" | "finished"
+    started_by_event: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """A start or resume that must still happen."""
+
+    id: int
+    device_id: str
+    event_id: str
+    action: str  # "start" | "resume"
+    request: dict[str, Any]
+    attempts: int
+
+
+class EventLog(Protocol):
+    """The durable record of device events (``store.events.EventStore``)."""
+
+    async def record(self, event: IncomingEvent) -> RecordStatus: ...
+
+    async def is_unconsumed(self, device_id: str, event_id: str) -> bool:
+        """Whether the event is stored and no wait has claimed it yet."""
+        ...
+
+
+class WaitIndex(Protocol):
+    """Which runs wait for which device event (``store.waits.WaitStore``)."""
+
+    async def waiting_runs(self, device_id: str, event_name: str) -> list[str]:
+        """Ids of runs with an open wait for ``event_name`` of ``device_id``."""
+        ...
+
+
+class RunLedger(Protocol):
+    """The device's current run and the route outbox (``store.runs.DeviceRunStore``)."""
+
+    async def current(self, device_id: str) -> DeviceRun | None: ...
+
+    async def claim_start(
+        self,
+        device_id: str,
+        *,
+        run_key: str,
+        workflow: str,
+        event_id: str,
+        expected_run_key: str | None,
+        request: dict[str, Any],
+    ) -> bool:
+        """Compare-and-set: make ``run_key`` the device's run (status "starting") only if the
+        current run key is still ``expected_run_key`` (None: no row) and that run has finished;
+        in the same transaction queue a "start" outbox item carrying ``request``."""
+        ...
+
+    async def bind(self, device_id: str, run_key: str, run_id: str) -> None:
+        """Record the Prefect run of ``run_key`` (status "running"); its start item is done."""
+        ...
+
+    async def finish(self, device_id: str, run_key: str) -> bool:
+        """Mark the run finished if it is still the device's run."""
+        ...
+
+    async def active(self, limit: int) -> list[DeviceRun]:
+        """Runs the ledger believes are not finished (for the reconciler's sweep)."""
+        ...
+
+    async def defer(
+        self, device_id: str, event_id: str, action: str, request: dict[str, Any], error: str
+    ) -> None:
+        """Queue an outbox item (insert-or-ignore on device, event and action)."""
+        ...
+
+    async def due(self, now: datetime, limit: int) -> list[OutboxItem]: ...
+
+    async def done(self, item_id: int) -> None: ...
+
+    async def retry_later(self, item_id: int, error: str, next_attempt_at: datetime) -> None: ...
+
+
+def run_key_for(event: IncomingEvent) -> str:
+    """The idempotency key of the run an event starts (Prefect keeps it forever, per deployment)."""
+    return f"ingress:{event.device_id}:{event.event_id}"
+
+
+def resume_input(event_id: str, at: datetime) -> dict[str, Any]:
+    """What a waiting run is resumed with; the run then claims the event from the store itself."""
+    return {"kind": "event", "at": at.isoformat(), "eventId": event_id}
+
+
+class Router:
+    """Record, then start, resume or leave be. Safe to run in many processes at once."""
+
+    def __init__(
+        self,
+        *,
+        events: EventLog,
+        ledger: RunLedger,
+        waits: WaitIndex,
+        control: RunControl,
+        workflow: str,
+        workflow_version: str | None = None,
+        unavailable_backoff: float = 5.0,
+    ) -> None:
+        self._events = events
+        self._ledger = ledger
+        self._waits = waits
+        self._control = control
+        self.workflow = workflow
+        self.workflow_version = workflow_version
+        self._backoff = unavailable_backoff
+        # While Prefect is known to be down, go straight to the outbox instead of waiting out a
+        # deadline on every event (a circuit breaker: the reconciler closes it again).
+        self._unavailable_until = 0.0
+
+    # -- the decision ------------------------------------------------------------------------
+
+    async def handle(self, event: IncomingEvent) -> RouteResult:
+        recorded = await self._events.record(event)
+        if recorded is RecordStatus.OVERFLOW:
+            return self._result(event, recorded, RouteAction.REFUSED, detail="device event limit")
+        current = await self._ledger.current(event.device_id)
+        if current is None or current.finished:
+            return await self._start(event, recorded, current)
+        run_key = run_key_for(event)
+        if current.run_key == run_key:
+            # This very event started the current run: a redelivery, maybe after a crash
+            # between claim and create. Creating again is idempotent.
+            if current.run_id is None:
+                return await self._create(event, recorded, current.run_key)
+            return self._result(event, recorded, RouteAction.STARTED, current.run_id, "already")
+        if current.run_id is None:
+            return self._result(event, recorded, RouteAction.BUSY, detail="a start is pending")
+        waiting = await self._waits.waiting_runs(event.device_id, event.name)
+        if current.run_id in waiting:
+            return await self._resume(event, recorded, current.run_id)
+        return self._result(event, recorded, RouteAction.BUSY, current.run_id)
+
+    # -- start -------------------------------------------------------------------------------
+
+    def start_request(self, event: IncomingEvent) -> dict[str, Any]:
+        """Everything needed to create the run, as stored in the outbox (JSON)."""
+        short = event.event_id[:12]
+        return {
+            "parameters": {
+                "workflow": self.workflow,
+                "input": {"event": event.as_input()},
+                "version": self.workflow_version,
+                "device_id": event.device_id,
+            },
+            "name": f"{self.workflow}-{event.device_id}-{short}",
+            "tags": [f"device:{event.device_id}", f"workflow:{self.workflow}", "ingress"],
+            "runKey": run_key_for(event),
+        }
+
+    async def _start(
+        self, event: IncomingEvent, recorded: RecordStatus, current: DeviceRun | None
+    ) -> RouteResult:
+        run_key = run_key_for(event)
+        claimed = await self._ledger.claim_start(
+            event.device_id,
+            run_key=run_key,
+            workflow=self.workflow,
+            event_id=event.event_id,
+            expected_run_key=current.run_key if current else None,
+            request=self.start_request(event),
+        )
+        if not claimed:
+            winner = await self._ledger.current(event.device_id)
+            if winner is None or winner.run_key != run_key:
+                # Another event (another router) started the device's run first.
+                run_id = winner.run_id if winner else None
+                return self._result(event, recorded, RouteAction.BUSY, run_id, "lost the start")
+            if winner.run_id is not None:
+                return self._result(event, recorded, RouteAction.STARTED, winner.run_id, "already")
+        return await self._create(event, recorded, run_key)
+
+    async def _create(
+        self, event: IncomingEvent, recorded: RecordStatus, run_key: str
+    ) -> RouteResult:
+        request = self.start_request(event)
+        try:
+            run_id = await self.execute_start(event.device_id, run_key, request)
+        except ControlError as exc:
+            # The claim queued the start in the outbox already; the reconciler retries it.
+            return self._result(event, recorded, RouteAction.DEFERRED, detail=str(exc))
+        return self._result(event, recorded, RouteAction.STARTED, run_id)
+
+    async def execute_start(self, device_id: str, run_key: str, request: dict[str, Any]) -> str:
+        """Create the run (idempotent on ``run_key``) and bind it; raises ``ControlError``."""
+        self._check_circuit()
+        try:
+            run_id = await self._control.start(
+                parameters=request["parameters"],
+                idempotency_key=run_key,
+                name=request["name"],
+                tags=request["tags"],
+            )
+        except ControlUnavailableError:
+            self._open_circuit()
+            raise
+        await self._ledger.bind(device_id, run_key, run_id)
+        return run_id
+
+    # -- resume ------------------------------------------------------------------------------
+
+    async def _resume(
+        self, event: IncomingEvent, recorded: RecordStatus, run_id: str
+    ) -> RouteResult:
+        request = {"runId": run_id, "runInput": resume_input(event.event_id, event.received_at)}
+        try:
+            status = await self.execute_resume(request)
+        except ControlError as exc:
+            await self._ledger.defer(event.device_id, event.event_id, "resume", request, str(exc))
+            return self._result(event, recorded, RouteAction.DEFERRED, run_id, str(exc))
+        if status is ResumeStatus.ACCEPTED:
+            return self._result(event, recorded, RouteAction.RESUMED, run_id)
+        if status is ResumeStatus.NOT_PAUSED:
+            # The run registered its wait but has not suspended yet (or another event resumed
+            # it). The reconciler tries again while the wait is open and the event unclaimed.
+            await self._ledger.defer(
+                event.device_id, event.event_id, "resume", request, "run not paused yet"
+            )
+            return self._result(event, recorded, RouteAction.DEFERRED, run_id, "not paused yet")
+        log.error("run %s rejected the resume input for event %s", run_id, event.event_id)
+        return self._result(event, recorded, RouteAction.BUSY, run_id, "resume rejected")
+
+    async def execute_resume(self, request: dict[str, Any]) -> ResumeStatus:
+        self._check_circuit()
+        try:
+            outcome = await self._control.resume(request["runId"], request["runInput"])
+        except ControlUnavailableError:
+            self._open_circuit()
+            raise
+        return outcome.status
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _check_circuit(self) -> None:
+        if time.monotonic() < self._unavailable_until:
+            raise ControlUnavailableError("Prefect was unavailable moments ago; left to the outbox")
+
+    def _open_circuit(self) -> None:
+        self._unavailable_until = time.monotonic() + self._backoff
+
+    def close_circuit(self) -> None:
+        """Prefect answered again (the reconciler saw it): route directly again."""
+        self._unavailable_until = 0.0
+
+    @staticmethod
+    def _result(
+        event: IncomingEvent,
+        recorded: RecordStatus,
+        action: RouteAction,
+        run_id: str | None = None,
+        detail: str = "",
+    ) -> RouteResult:
+        return RouteResult(event.device_id, event.event_id, recorded, action, run_id, detail)
