@@ -25,7 +25,16 @@ from interpreter.models import (
     WorkflowDefinition,
 )
 
-__all__ = ["Cluster", "Edge", "Node", "Picture", "layout", "to_dot", "to_mermaid"]
+__all__ = [
+    "Cluster",
+    "Edge",
+    "Node",
+    "Picture",
+    "describe_state",
+    "layout",
+    "to_dot",
+    "to_mermaid",
+]
 
 EdgeStyle = Literal["solid", "dashed"]
 
@@ -62,7 +71,8 @@ class Picture:
     root: Cluster = field(default_factory=lambda: Cluster("root", ""))
 
 
-def _detail(state: State) -> str:
+def describe_state(state: State) -> str:
+    """A few words on what a state does: its activity, what it waits for, its error."""
     if isinstance(state, TaskState):
         return state.activity
     if isinstance(state, WaitState):
@@ -95,7 +105,9 @@ class _Builder:
 
     def scope(self, start_at: str, states: dict[str, State], cluster: Cluster, depth: int) -> str:
         """Add a scope's states; return the id of its start state ('' when startAt is unknown)."""
-        ids = {name: self.node(name, s.type, _detail(s), cluster) for name, s in states.items()}
+        ids = {
+            name: self.node(name, s.type, describe_state(s), cluster) for name, s in states.items()
+        }
         for name, state in states.items():
             self.state_edges(ids, name, state, cluster, depth)
         return ids.get(start_at, "")
