@@ -277,7 +277,8 @@ def _strings_equal(a: str, b: str) -> bool:
 def _order(left: Any, right: Any) -> int | None:
     """-1, 0 or 1 for two values with a common order (numbers; strings; timestamps), else None."""
     if _is_number(left) and _is_number(right):
-        if math.isnan(left) or math.isnan(right):
+        # Only floats can be NaN; math.isnan would overflow on a huge int.
+        if any(isinstance(n, float) and math.isnan(n) for n in (left, right)):
             return None
         return int(left > right) - int(left < right)
     if isinstance(left, str) and isinstance(right, str):

@@ -27,6 +27,8 @@ scalars = (
     st.none()
     | st.booleans()
     | st.integers(min_value=-5, max_value=5)
+    | st.integers()
+    | st.just(10**400)
     | st.floats(allow_nan=False, min_value=-5, max_value=5)
     | st.sampled_from(("a", "b", "ab", "", "1", *TIMESTAMPS))
     | st.text(max_size=5)

@@ -34,10 +34,8 @@ DATA: dict[str, Any] = {
 }
 
 
-def evaluate(cond: dict[str, Any], data: Any = None) -> bool:
-    return compile_condition(CONDITION.validate_python(cond)).evaluate(
-        DATA if data is None else data
-    )
+def evaluate(cond: dict[str, Any], data: Any = DATA) -> bool:
+    return compile_condition(CONDITION.validate_python(cond)).evaluate(data)
 
 
 def cmp(op: str, variable: str, value: Any) -> dict[str, Any]:
@@ -156,6 +154,17 @@ def test_operator(cond: dict[str, Any], expected: bool) -> None:
     assert evaluate(cond) is expected
 
 
+def test_huge_integers_and_nan_compare_without_errors() -> None:
+    data = {"input": {"big": 10**400, "nan": float("nan")}}
+    assert evaluate(cmp("greaterThan", "big", 1.5), data)
+    assert not evaluate(cmp("lessThan", "big", 2), data)
+    assert not evaluate(cmp("equals", "big", 1e308), data)
+    assert evaluate(cmp("isType", "big", "integer"), data)
+    assert not evaluate(cmp("greaterThan", "nan", 1), data)
+    assert not evaluate(cmp("lessThanOrEquals", "nan", 1), data)
+    assert not evaluate(cmp("equals", "nan", 1), data)
+
+
 def test_integral_float_is_an_integer() -> None:
     assert evaluate(cmp("isType", "x", "integer"), {"input": {"x": 2.0}})
 
@@ -264,6 +273,7 @@ def test_missing_variable_for_unary_operators() -> None:
 
 def test_odd_documents_never_crash() -> None:
     cond = cmp("equals", "a", 1)
+    data: Any
     for data in (None, [], "text", 3, {"input": []}, {"input": {"a": [1]}}):
         assert not evaluate(cond, data)
 
