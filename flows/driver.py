@@ -1,0 +1,350 @@
+"""Drives the pure engine inside a Prefect flow run: actions in, tasks and waits, outcomes out.
+
+``RunDriver.drive(engine, run, system)`` loops ``next_action`` -> execute -> ``apply`` until the
+engine says ``Finished``. Every clock reading and side effect happens in a cached task
+(``flows.steps``), so a replay from the top (after a suspend) returns the recorded outcomes and
+walks the same path with the same keys.
+
+Waits: a timer due within ``short_wait_seconds`` sleeps in place; longer timers and every event
+wait record themselves in the wait store and suspend the run (no process is held). The resumer
+(``flows.timers``) or the event router resumes it with a ``WakeInput``; the replay reaches the same
+``suspend`` call, which returns that input at once. Branches (parallel, map) run as asyncio tasks
+in one ``TaskGroup``; when one branch suspends, the others are cancelled and the whole run
+suspends, and on resume every branch replays from its cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from prefect.client.schemas.objects import State
+from prefect.exceptions import Pause
+from prefect.flow_runs import asuspend_flow_run
+
+from flows import steps
+from flows.runtime import FlowSettings
+from flows.wake import WakeInput
+from interpreter.engine import Engine
+from interpreter.models import RetryPolicy
+from interpreter.runtime import (
+    Action,
+    BranchesFailed,
+    BranchesSucceeded,
+    CompensationsRan,
+    EventReceived,
+    EventTimedOut,
+    ExecuteTask,
+    Finished,
+    Outcome,
+    RunBranches,
+    RunCompensations,
+    RunState,
+    SystemContext,
+    TaskFailed,
+    TaskSucceeded,
+    TrailEntry,
+    WaitElapsed,
+    WaitFor,
+)
+
+__all__ = ["RunDriver", "TransitionListener"]
+
+#: Called with every trail entry as the run takes it (replays report them again).
+TransitionListener = Callable[[TrailEntry], None]
+
+#: Compensations run once each: a failing compensation is recorded and the saga goes on.
+COMPENSATION_POLICY = RetryPolicy(max_attempts=1)
+
+
+class _BranchFailedError(Exception):
+    """A fail-fast branch failed: cancels its siblings."""
+
+    def __init__(self, index: int, finished: Finished) -> None:
+        super().__init__(f"branch {index} failed")
+        self.index = index
+        self.finished = finished
+
+
+@dataclass
+class RunDriver:
+    """Executes the engine's actions for one flow run."""
+
+    run_id: str
+    device_id: str | None
+    subject: str
+    settings: FlowSettings
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger]
+    listeners: list[TransitionListener] = field(default_factory=list)
+    trail: list[TrailEntry] = field(default_factory=list)
+    _suspend_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _suspended: bool = False
+
+    async def drive(
+        self, engine: Engine, run: RunState, system: SystemContext
+    ) -> tuple[RunState, Finished]:
+        """Run the engine to its end; return the last state and the ``Finished`` action."""
+        self._report(run.trail)
+        while True:
+            action: Action = engine.next_action(run, system)
+            if isinstance(action, Finished):
+                return run, action
+            outcome = await self._execute(engine, action, run, system)
+            seen = len(run.trail)
+            run = engine.apply(run, outcome, system)
+            self._report(run.trail[seen:])
+
+    def _report(self, entries: list[TrailEntry]) -> None:
+        for entry in entries:
+            self.trail.append(entry)
+            self.logger.info(
+                "%s [%s #%d] %s",
+                entry.path,
+                entry.type,
+                entry.visit,
+                entry.outcome,
+                extra={
+                    "orch_state": entry.state,
+                    "orch_path": entry.path,
+                    "orch_visit": entry.visit,
+                    "orch_type": entry.type,
+                    "orch_outcome": entry.outcome,
+                },
+            )
+            for listener in self.listeners:
+                listener(entry)
+
+    async def _execute(
+        self, engine: Engine, action: Action, run: RunState, system: SystemContext
+    ) -> Outcome:
+        if isinstance(action, ExecuteTask):
+            return await self._task(action)
+        if isinstance(action, WaitFor):
+            return await self._wait(action)
+        if isinstance(action, RunBranches):
+            return await self._branches(engine, action, run, system)
+        if isinstance(action, RunCompensations):
+            return await self._compensations(action, run)
+        raise TypeError(f"unknown action {action!r}")  # pragma: no cover - exhaustive union
+
+    # --- tasks ---------------------------------------------------------------------------------
+
+    async def _task(self, action: ExecuteTask) -> TaskSucceeded | TaskFailed:
+        timeout = action.timeout_seconds or self.settings.default_task_timeout_seconds
+        result = await self._call_activity(
+            step_key=action.step_key,
+            state=action.state,
+            path=action.path,
+            visit=action.visit,
+            activity=action.activity,
+            input=action.input,
+            policy=action.retry,
+            timeout_seconds=timeout,
+            idempotency_key=action.idempotency_key,
+        )
+        at = datetime.fromisoformat(result["at"])
+        if result["ok"]:
+            return TaskSucceeded(result=result["result"], at=at)
+        return TaskFailed(error=result["error"], cause=result["cause"], at=at)
+
+    async def _call_activity(
+        self,
+        *,
+        step_key: str,
+        state: str,
+        path: str,
+        visit: int,
+        activity: str,
+        input: dict[str, Any],
+        policy: RetryPolicy,
+        timeout_seconds: float | None,
+        idempotency_key: str,
+    ) -> dict[str, Any]:
+        configured = steps.activity_task(
+            run_id=self.run_id,
+            step_key=step_key,
+            state=state,
+            path=path,
+            visit=visit,
+            policy=policy,
+        )
+        task_state: State[Any] = await configured(
+            activity,
+            input,
+            policy=policy.model_dump(mode="json"),
+            timeout_seconds=timeout_seconds,
+            idempotency_key=idempotency_key,
+            run_id=self.run_id,
+            device_id=self.device_id,
+            state=state,
+            return_state=True,
+        )
+        if task_state.is_completed():
+            result: dict[str, Any] = await task_state.aresult()
+            return result
+        # The wrapper returns final failures as data; a Failed/Crashed task run means the
+        # machinery itself broke (not cached: a replay runs it again).
+        message = task_state.message or task_state.name or "task run did not complete"
+        return {
+            "ok": False,
+            "error": steps.TASK_FAILED,
+            "cause": message,
+            "at": steps._iso(steps._now()),
+        }
+
+    # --- waits ---------------------------------------------------------------------------------
+
+    async def _wait(self, action: WaitFor) -> Outcome:
+        key = action.wait_key
+        until = action.until
+        if action.event is None:
+            if until is None:
+                raise ValueError(f"wait {action.path!r} has neither a timer nor an event")
+            short = await _keyed(steps.sleep_if_short, self.run_id, "sleep", key)(
+                until.isoformat(), self.settings.short_wait_seconds
+            )
+            if short["slept"]:
+                return WaitElapsed(at=until)
+        else:
+            claimed = await _keyed(steps.claim_event, self.run_id, "claim", key)(
+                self.subject, action.event, key
+            )
+            if claimed is not None:
+                return _received(claimed)
+        # Suspend until woken. A wake that is not for this wait (a timer resume that reached the
+        # run early, an event another wait took) suspends again under the next key: the sequence
+        # of keys is deterministic, so a replay walks through the same stored wakes.
+        attempt = 0
+        while True:
+            suspend_key = key if attempt == 0 else f"{key}-r{attempt}"
+            wake = await self._suspend(suspend_key, action.event, until)
+            timer_due = until is not None and wake.kind == "timer" and wake.at >= until
+            if action.event is None:
+                if timer_due and until is not None:
+                    return WaitElapsed(at=until)
+            else:
+                claimed = await _keyed(steps.claim_event, self.run_id, "claim-after", suspend_key)(
+                    self.subject, action.event, key
+                )
+                if claimed is not None:
+                    return _received(claimed)
+                if timer_due and until is not None:
+                    return EventTimedOut(at=until)
+            attempt += 1
+
+    async def _suspend(self, key: str, event: str | None, until: datetime | None) -> WakeInput:
+        """Register the wait, then suspend the run until the resumer or the router wakes it."""
+        await _keyed(steps.register_wait, self.run_id, "register", key)(
+            self.run_id, key, self.subject, event, until.isoformat() if until else None
+        )
+        async with self._suspend_lock:
+            if self._suspended:
+                # Another branch already suspended the run: wait to be cancelled with it.
+                await asyncio.Event().wait()
+            try:
+                # No server-side timeout: the resumer delivers deadlines (a server timeout would
+                # fail the run, which a workflow's timeoutNext never wants).
+                wake: WakeInput = await asuspend_flow_run(
+                    wait_for_input=WakeInput, key=key, timeout=None
+                )
+            except Pause:
+                self._suspended = True
+                raise
+        await _keyed(steps.resolve_wait, self.run_id, "resolve", key)(self.run_id, key, wake.kind)
+        return wake
+
+    # --- branches ------------------------------------------------------------------------------
+
+    async def _branches(
+        self, engine: Engine, action: RunBranches, run: RunState, system: SystemContext
+    ) -> BranchesSucceeded | BranchesFailed:
+        count = len(action.branches)
+        limit = asyncio.Semaphore(action.max_concurrency or count or 1)
+        finished: dict[int, tuple[RunState, Finished]] = {}
+
+        async def one(index: int) -> None:
+            async with limit:
+                branch_engine = engine.branch(action, index)
+                start = branch_engine.start_branch(action.branch_data[index], run.timestamp, system)
+                end, done = await self.drive(branch_engine, start, system)
+                finished[index] = (end, done)
+                if done.status == "failed" and action.fail_fast:
+                    raise _BranchFailedError(index, done)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for index in range(count):
+                    group.create_task(one(index))
+        except BaseExceptionGroup as group_error:
+            pauses = group_error.subgroup(Pause)
+            if pauses is not None:
+                raise _first(pauses) from None
+            _fail_fast, rest = group_error.split(_BranchFailedError)
+            if rest is not None:
+                raise
+        failures = sorted(
+            (index, end, done) for index, (end, done) in finished.items() if done.status == "failed"
+        )
+        at = max((end.timestamp for end, _ in finished.values()), default=run.timestamp)
+        if failures:
+            index, _end, done = failures[0]
+            return BranchesFailed(
+                error=done.error or "States.BranchFailed",
+                cause=f"branch {index}: {done.cause or done.error or 'failed'}",
+                at=at,
+            )
+        return BranchesSucceeded(results=[finished[i][1].output for i in range(count)], at=at)
+
+    # --- compensation --------------------------------------------------------------------------
+
+    async def _compensations(self, action: RunCompensations, run: RunState) -> CompensationsRan:
+        failures: list[str] = []
+        at = run.timestamp
+        for step in action.steps:
+            result = await self._call_activity(
+                step_key=step.step_key,
+                state=step.state,
+                path=step.path,
+                visit=step.visit,
+                activity=step.activity,
+                input=step.input,
+                policy=COMPENSATION_POLICY,
+                timeout_seconds=self.settings.default_task_timeout_seconds,
+                idempotency_key=step.idempotency_key,
+            )
+            at = max(at, datetime.fromisoformat(result["at"]))
+            if not result["ok"]:
+                failures.append(f"{step.state}: {result['error']}")
+                self.logger.warning(
+                    "compensation of %s failed: %s: %s (continuing)",
+                    step.path,
+                    result["error"],
+                    result["cause"],
+                )
+        return CompensationsRan(failures=failures, at=at)
+
+
+def _received(claimed: dict[str, Any]) -> EventReceived:
+    return EventReceived(payload=claimed["payload"], at=datetime.fromisoformat(claimed["at"]))
+
+
+def _first(group: BaseExceptionGroup[Pause]) -> Pause:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first(exc)
+        return exc
+    raise RuntimeError("empty exception group")  # pragma: no cover - subgroup is never empty
+
+
+def _keyed(task_fn: Any, run_id: str, kind: str, key: str) -> Any:
+    """``task_fn`` cached under a key naming this run, the step kind and the wait key."""
+    cached = steps.cache_key(run_id, kind, key)
+    return task_fn.with_options(
+        task_run_name=f"{kind} {key}",
+        cache_key_fn=lambda _ctx, _params: cached,
+        persist_result=True,
+    )

@@ -1,0 +1,236 @@
+"""One long-lived process executing many deployment runs concurrently (instead of a process each).
+
+Prefect's stock workers start a Python process per flow run (~1 run/s on two cores). This executor
+polls the server for due runs of its deployments, claims each by proposing ``Pending`` (another
+executor that got there first wins; ``Abort`` or a non-pending answer means "not mine"), and runs
+it as an asyncio task with ``prefect.flow_engine.run_flow`` under one shared API client. It also
+runs the resumer (``flows.timers``) so suspended runs wake up when their timer is due.
+
+What the 3.9.1 flow engine assumes about one run per process, and how this module handles it
+(``/work/shared/PREFECT-NOTES.md``, "Many runs in one process"):
+
+1. the per-run suspension watcher (a thread, a loop and a websocket per run) is replaced by a
+   no-op: our runs suspend themselves (that path marks the request directly); a suspend requested
+   from outside (UI/API) is not observed by a run in flight here, it takes effect at its next
+   start. ``install_engine_patches`` does this; it touches private API, so Prefect is pinned.
+2. the engine's process-wide SIGTERM capture is turned off; the executor owns SIGTERM: it stops
+   claiming, lets runs in flight finish for ``drain_seconds``, then cancels the rest.
+3. cancelling one run cancels its asyncio task only.
+4. heartbeats stay Prefect's setting (off by default).
+5. one ``AsyncClientContext`` is entered around all runs.
+6. runs are spawned from the executor's own context, which has no flow-run context.
+7. ``Pause``, ``Abort``, ``TerminationSignal`` and ``SystemExit`` are caught per run.
+8. the flow is async and every blocking call in it goes to a thread.
+9. one environment for all runs: job variables and pull steps are not applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from prefect import Flow
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.objects import FlowRun, State
+from prefect.context import AsyncClientContext
+from prefect.exceptions import Abort, Pause, TerminationSignal
+from prefect.flow_engine import run_flow
+from prefect.states import Pending
+from prefect.utilities.engine import propose_state
+
+__all__ = ["Executor", "ExecutorStats", "deploy", "install_engine_patches"]
+
+logger = logging.getLogger("flows.executor")
+
+_patched = False
+
+
+def install_engine_patches() -> None:
+    """Make Prefect's flow engine fit many runs in one process (items 1 and 2 of the docstring)."""
+    global _patched
+    if _patched:
+        return
+    import prefect.flow_engine as flow_engine
+
+    @contextlib.contextmanager
+    def no_observer(*_args: Any, **_kwargs: Any) -> Iterator[None]:
+        yield
+
+    @contextlib.contextmanager
+    def no_sigterm_capture() -> Iterator[None]:
+        yield
+
+    # Private API of prefect 3.9.1 (pinned): one watcher thread per run halves throughput and
+    # stalls the loop; the SIGTERM bridge is process-wide and would crash every run on SIGTERM.
+    flow_engine.observe_flow_run_suspension = no_observer  # type: ignore[attr-defined]  # private module attribute, pinned version
+    flow_engine.capture_sigterm = no_sigterm_capture  # type: ignore[attr-defined]  # private module attribute, pinned version
+    _patched = True
+
+
+@dataclass
+class ExecutorStats:
+    claimed: int = 0
+    completed: int = 0
+    failed: int = 0
+    suspended: int = 0
+    crashed: int = 0
+    lost_claims: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Executor:
+    """Runs due runs of ``flows`` (deployment id -> flow) concurrently, up to ``concurrency``."""
+
+    flows: dict[UUID, Flow[..., Any]]
+    concurrency: int = 50
+    poll_seconds: float = 0.5
+    drain_seconds: float = 30.0
+    resume_timers: bool = True
+    resumer_tick_seconds: float = 1.0
+    stats: ExecutorStats = field(default_factory=ExecutorStats)
+    _in_flight: dict[UUID, asyncio.Task[None]] = field(default_factory=dict)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _context: contextvars.Context | None = None
+
+    def stop(self) -> None:
+        """Stop claiming new runs; ``run`` drains the runs in flight and returns."""
+        self._stop.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def run(self, *, handle_signals: bool = False) -> None:
+        """Poll, claim and execute until ``stop()`` (or SIGTERM/SIGINT with ``handle_signals``)."""
+        install_engine_patches()
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        # Runs are spawned from this context: no flow-run context, the shared client below.
+        async with AsyncClientContext.get_or_create() as client_context:
+            self._context = contextvars.copy_context()
+            resumer: asyncio.Task[None] | None = None
+            if self.resume_timers:
+                from flows.timers import Resumer
+
+                resumer = asyncio.create_task(
+                    Resumer(tick_seconds=self.resumer_tick_seconds).run(self._stop)
+                )
+            try:
+                await self._poll_loop(client_context.client)
+            finally:
+                await self._drain()
+                if resumer is not None:
+                    resumer.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await resumer
+                if handle_signals:
+                    for sig in (signal.SIGTERM, signal.SIGINT):
+                        loop.remove_signal_handler(sig)
+
+    async def _poll_loop(self, client: PrefectClient) -> None:
+        deployment_ids = list(self.flows)
+        while not self._stop.is_set():
+            free = self.concurrency - len(self._in_flight)
+            if free > 0:
+                try:
+                    runs = await client.get_scheduled_flow_runs_for_deployments(
+                        deployment_ids=deployment_ids,
+                        scheduled_before=datetime.now(UTC),
+                        limit=free,
+                    )
+                except Exception:
+                    logger.exception("polling for scheduled runs failed; trying again")
+                    runs = []
+                for flow_run in runs:
+                    if flow_run.id in self._in_flight or len(self._in_flight) >= self.concurrency:
+                        continue
+                    if await self._claim(client, flow_run):
+                        self._spawn(flow_run)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=self.poll_seconds)
+
+    async def _claim(self, client: PrefectClient, flow_run: FlowRun) -> bool:
+        try:
+            state = await propose_state(client, Pending(), flow_run_id=flow_run.id)
+        except Abort:
+            self.stats.lost_claims += 1
+            return False
+        except Exception:
+            logger.exception("claiming run %s failed", flow_run.id)
+            return False
+        if not state.is_pending():
+            self.stats.lost_claims += 1
+            return False
+        self.stats.claimed += 1
+        return True
+
+    def _spawn(self, flow_run: FlowRun) -> None:
+        flow = self.flows[flow_run.deployment_id] if flow_run.deployment_id else None
+        if flow is None:
+            return
+        context = (self._context or contextvars.copy_context()).copy()
+        task = asyncio.create_task(self._execute(flow, flow_run), context=context)
+        self._in_flight[flow_run.id] = task
+        run_id = flow_run.id
+
+        def forget(_task: asyncio.Task[None]) -> None:
+            self._in_flight.pop(run_id, None)
+
+        task.add_done_callback(forget)
+
+    async def _execute(self, flow: Flow[..., Any], flow_run: FlowRun) -> None:
+        try:
+            state = await run_flow(flow, flow_run=flow_run, return_type="state")  # type: ignore[misc]  # run_flow returns a coroutine for async flows
+        except Pause:
+            self.stats.suspended += 1
+            return
+        except (Abort, TerminationSignal, SystemExit) as exc:
+            logger.warning("run %s ended by %s", flow_run.id, type(exc).__name__)
+            self.stats.crashed += 1
+            return
+        except asyncio.CancelledError:
+            self.stats.crashed += 1
+            raise
+        except Exception:
+            logger.exception("run %s raised out of the engine", flow_run.id)
+            self.stats.crashed += 1
+            return
+        if isinstance(state, State):
+            if state.is_completed():
+                self.stats.completed += 1
+            elif state.is_paused():
+                self.stats.suspended += 1
+            elif state.is_failed():
+                self.stats.failed += 1
+            else:
+                self.stats.crashed += 1
+
+    async def _drain(self) -> None:
+        if not self._in_flight:
+            return
+        tasks = list(self._in_flight.values())
+        _done, pending = await asyncio.wait(tasks, timeout=self.drain_seconds)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+
+
+async def deploy(flow: Flow[..., Any], name: str, *, tags: list[str] | None = None) -> UUID:
+    """Register ``flow`` as deployment ``name`` (no work pool: this executor runs its runs)."""
+    deployment = await flow.ato_deployment(name=name, tags=tags)
+    deployment_id: UUID = await deployment.aapply()
+    return deployment_id

@@ -1,0 +1,127 @@
+"""Process-wide resources of the flow: the app database, stores, activity registry, settings.
+
+A flow run may execute in a process of its own (a Prefect worker) or next to hundreds of others in
+the in-process executor; either way the database pool and the stores are built once per process and
+event loop, and shared. The composition root (CLI, executor, tests) may ``configure`` them first;
+otherwise they are read from the environment (``ORCH_DB_*``, ``ORCH_FLOW_*``) on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from store.waits import WaitStore
+
+    from store.db import Database
+    from store.events import EventStore
+    from tasks.context import ActivityContext
+    from tasks.registry import ActivityRegistry
+
+__all__ = ["FlowSettings", "Resources", "configure", "get_resources", "reset"]
+
+
+class FlowSettings(BaseSettings):
+    """How the flow executes waits and where it finds things (``ORCH_FLOW_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="ORCH_FLOW_", extra="ignore", frozen=True)
+
+    #: Timers due within this many seconds sleep in place; longer ones suspend the run.
+    short_wait_seconds: float = Field(default=5.0, ge=0)
+    #: Longest time one activity attempt may take when the definition sets no timeout.
+    default_task_timeout_seconds: float | None = Field(default=None, gt=0)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What every step of every run in this process shares."""
+
+    db: Database
+    events: EventStore
+    waits: WaitStore
+    registry: ActivityRegistry
+    activity_context: ActivityContext
+    settings: FlowSettings
+
+
+_configured: dict[str, object] = {}
+_resources: dict[int, Resources] = {}
+_lock: asyncio.Lock | None = None
+
+
+def configure(
+    *,
+    database_url: str | None = None,
+    registry: ActivityRegistry | None = None,
+    settings: FlowSettings | None = None,
+) -> None:
+    """Set what the next ``get_resources`` builds (call before the first run; tests, CLI)."""
+    if database_url is not None:
+        _configured["database_url"] = database_url
+    if registry is not None:
+        _configured["registry"] = registry
+    if settings is not None:
+        _configured["settings"] = settings
+    _resources.clear()
+
+
+async def reset() -> None:
+    """Close the shared database pools and forget the configuration (end of a CLI run, tests)."""
+    for resources in list(_resources.values()):
+        await resources.db.close()
+    _resources.clear()
+    _configured.clear()
+
+
+async def get_resources() -> Resources:
+    """The resources of this process and event loop, built on first use."""
+    global _lock
+    loop_id = id(asyncio.get_running_loop())
+    found = _resources.get(loop_id)
+    if found is not None:
+        return found
+    if _lock is None:
+        _lock = asyncio.Lock()
+    async with _lock:
+        found = _resources.get(loop_id)
+        if found is not None:
+            return found
+        found = await _build()
+        _resources[loop_id] = found
+        return found
+
+
+async def _build() -> Resources:
+    from store.waits import WaitStore
+
+    from store.db import Database
+    from store.events import EventStore
+    from store.settings import DatabaseSettings
+    from tasks.context import ActivityContext
+    from tasks.registry import ActivityRegistry, default_registry
+    from tasks.settings import DefinitionSettings, HttpSettings, NotifySettings
+
+    url = _configured.get("database_url")
+    db = await Database.connect(url if isinstance(url, str) else DatabaseSettings().url)
+    registry = _configured.get("registry")
+    if not isinstance(registry, ActivityRegistry):
+        registry = default_registry()
+    settings = _configured.get("settings")
+    if not isinstance(settings, FlowSettings):
+        settings = FlowSettings()
+    base = ActivityContext.for_database(
+        db, http=HttpSettings(), notify=NotifySettings(), definitions=DefinitionSettings()
+    )
+    return Resources(
+        db=db,
+        events=EventStore(db),
+        waits=WaitStore(db),
+        registry=registry,
+        activity_context=base,
+        settings=settings,
+    )

@@ -1,0 +1,320 @@
+"""Harness of the flow tests: an app database, test activities, a deployment and a live executor.
+
+``flow_system`` (session) configures ``flows.runtime`` with an app database on PostgreSQL and a
+registry holding the built-ins plus test activities that count their side effects in that
+database, registers the ``run_workflow`` deployment and runs the in-process executor (with its
+resumer) as a background task of the session's event loop. Tests create runs through the real
+Prefect API and wait on conditions with deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import text
+
+from interpreter.errors import ActivityError
+from tasks.context import ActivityContext
+from tasks.registry import BUILTIN_MODULES, ActivityInput, ActivityRegistry
+from tests.support.postgres import PostgresServer
+
+RUNTIME_DEFINITIONS = Path(__file__).resolve().parents[1] / "fixtures" / "definitions" / "runtime"
+DEADLINE = 90.0
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class CountInput(ActivityInput):
+    name: str
+
+
+class FlakyInput(ActivityInput):
+    name: str
+    fail_times: int
+    error: str = "Device.Busy"
+    retryable: bool = True
+
+
+class FailInput(ActivityInput):
+    error: str
+    cause: str = "it failed"
+    retryable: bool = False
+
+
+class SleepInput(ActivityInput):
+    seconds: float
+
+
+class EchoInput(ActivityInput):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+async def _effect(ctx: ActivityContext, name: str) -> int:
+    """Record one side effect named ``name``; return how many it now has."""
+    if ctx.db is None:
+        raise ActivityError("States.Misconfigured", "no database", retryable=False)
+    async with ctx.db.transaction() as connection:
+        await connection.execute(
+            text("INSERT INTO flow_test_effects (name, run_id) VALUES (:name, :run)"),
+            {"name": name, "run": ctx.run_id},
+        )
+        count = await connection.scalar(
+            text("SELECT count(*) FROM flow_test_effects WHERE name = :name"), {"name": name}
+        )
+    return int(count or 0)
+
+
+def test_registry() -> ActivityRegistry:
+    """The built-in activities plus ``test.*`` ones."""
+    import importlib
+
+    registry = ActivityRegistry()
+    for module_name in BUILTIN_MODULES:
+        with contextlib.suppress(ModuleNotFoundError):
+            importlib.import_module(module_name).register(registry)
+
+    @registry.activity(
+        name="test.count",
+        description="record one side effect",
+        retry_safe=True,
+        changes_state=True,
+        input_model=CountInput,
+        output_model=_Out,
+    )
+    async def count(ctx: ActivityContext, data: CountInput) -> _Out:
+        return _Out(name=data.name, count=await _effect(ctx, data.name))
+
+    @registry.activity(
+        name="test.flaky",
+        description="fail the first N attempts",
+        retry_safe=True,
+        changes_state=False,
+        input_model=FlakyInput,
+        output_model=_Out,
+    )
+    async def flaky(ctx: ActivityContext, data: FlakyInput) -> _Out:
+        attempt = await _effect(ctx, data.name)
+        if attempt <= data.fail_times:
+            raise ActivityError(data.error, f"attempt {attempt}", retryable=data.retryable)
+        return _Out(attempts=attempt)
+
+    @registry.activity(
+        name="test.fail",
+        description="always fail",
+        retry_safe=True,
+        changes_state=False,
+        input_model=FailInput,
+        output_model=_Out,
+    )
+    async def fail(ctx: ActivityContext, data: FailInput) -> _Out:
+        await _effect(ctx, f"fail:{data.error}")
+        raise ActivityError(data.error, data.cause, retryable=data.retryable)
+
+    @registry.activity(
+        name="test.sleep",
+        description="sleep",
+        retry_safe=True,
+        changes_state=False,
+        input_model=SleepInput,
+        output_model=_Out,
+    )
+    async def sleep(ctx: ActivityContext, data: SleepInput) -> _Out:
+        await asyncio.sleep(data.seconds)
+        return _Out(slept=data.seconds)
+
+    @registry.activity(
+        name="test.echo",
+        description="return the input",
+        retry_safe=True,
+        changes_state=False,
+        input_model=EchoInput,
+        output_model=_Out,
+    )
+    async def echo(ctx: ActivityContext, data: EchoInput) -> _Out:
+        return _Out(**(data.model_extra or {}))
+
+    return registry
+
+
+@dataclass
+class FlowSystem:
+    deployment_id: uuid.UUID
+    database_url: str
+    executor: Any
+
+    async def start(
+        self,
+        definition: str | Path,
+        input: dict[str, Any] | None = None,
+        *,
+        device_id: str | None = None,
+    ) -> uuid.UUID:
+        from prefect.client.orchestration import get_client
+
+        from flows.workflow import run_name, run_tags
+
+        path = Path(definition)
+        if not path.is_absolute():
+            path = RUNTIME_DEFINITIONS / path
+        workflow = json.loads(path.read_text())["name"]
+        async with get_client() as client:
+            flow_run = await client.create_flow_run_from_deployment(
+                self.deployment_id,
+                parameters={"workflow": str(path), "input": input or {}, "device_id": device_id},
+                name=run_name(workflow, device_id, uuid.uuid4().hex),
+                tags=run_tags(workflow, device_id, None),
+            )
+        return flow_run.id
+
+    async def read(self, run_id: uuid.UUID) -> Any:
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            return await client.read_flow_run(run_id)
+
+    async def wait_state(
+        self,
+        run_id: uuid.UUID,
+        done: Callable[[Any], bool],
+        what: str,
+        deadline: float = DEADLINE,
+    ) -> Any:
+        end = time.monotonic() + deadline
+        flow_run = None
+        while time.monotonic() < end:
+            flow_run = await self.read(run_id)
+            if flow_run.state is not None and done(flow_run.state):
+                return flow_run
+            await asyncio.sleep(0.2)
+        state = flow_run.state if flow_run else None
+        raise AssertionError(f"run {run_id} not {what} within {deadline}s (state: {state})")
+
+    async def final(self, run_id: uuid.UUID, deadline: float = DEADLINE) -> Any:
+        return await self.wait_state(run_id, lambda s: s.is_final(), "final", deadline)
+
+    async def suspended(self, run_id: uuid.UUID, key: str | None = None) -> Any:
+        def paused(state: Any) -> bool:
+            if not state.is_paused():
+                return False
+            return key is None or str(state.state_details.pause_key).startswith(key)
+
+        return await self.wait_state(run_id, paused, f"suspended at {key or 'a wait'}")
+
+    async def result(self, run_id: uuid.UUID) -> Any:
+        flow_run = await self.final(run_id)
+        assert flow_run.state.is_completed(), flow_run.state
+        return await flow_run.state.aresult()
+
+    async def effects(self, name: str) -> int:
+        from flows.runtime import get_resources
+
+        resources = await get_resources()
+        async with resources.db.transaction() as connection:
+            count = await connection.scalar(
+                text("SELECT count(*) FROM flow_test_effects WHERE name = :name"), {"name": name}
+            )
+        return int(count or 0)
+
+    async def effect_order(self, prefix: str) -> list[str]:
+        from flows.runtime import get_resources
+
+        resources = await get_resources()
+        async with resources.db.transaction() as connection:
+            rows = await connection.execute(
+                text("SELECT name FROM flow_test_effects WHERE name LIKE :p ORDER BY id"),
+                {"p": f"{prefix}%"},
+            )
+            return [str(row[0]) for row in rows]
+
+    async def send_event(self, subject: str, name: str, payload: Any = None) -> None:
+        """Record the event as the ingress does; the resumer wakes the waiting run."""
+        from flows.runtime import get_resources
+        from store.events import DeviceEvent
+
+        resources = await get_resources()
+        await resources.events.record(
+            DeviceEvent(
+                device_id=subject, event_id=uuid.uuid4().hex, name=name, payload=payload
+            )
+        )
+
+    async def history(self, run_id: uuid.UUID) -> list[str]:
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            states = await client.read_flow_run_states(run_id)
+        return [str(state.name) for state in states]
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def flow_system(prefect_server: Any, postgres: PostgresServer) -> AsyncIterator[FlowSystem]:
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        PREFECT_LOCAL_STORAGE_PATH,
+        PREFECT_RESULTS_PERSIST_BY_DEFAULT,
+        temporary_settings,
+    )
+
+    from flows import runtime
+    from flows.executor import Executor, deploy
+    from flows.workflow import run_workflow
+
+    database = postgres.create_database("flowapp")
+    url = postgres.sqlalchemy_url(database)
+    with temporary_settings(
+        updates={
+            PREFECT_API_URL: prefect_server.api_url,
+            PREFECT_HOME: prefect_server.home,
+            PREFECT_LOCAL_STORAGE_PATH: prefect_server.home / "results",
+            PREFECT_RESULTS_PERSIST_BY_DEFAULT: True,
+        }
+    ):
+        runtime.configure(
+            database_url=url,
+            registry=test_registry(),
+            settings=runtime.FlowSettings(short_wait_seconds=2.0),
+        )
+        resources = await runtime.get_resources()
+        async with resources.db.transaction() as connection:
+            await connection.execute(
+                text(
+                    "CREATE TABLE IF NOT EXISTS flow_test_effects "
+                    "(id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL, run_id TEXT)"
+                )
+            )
+        deployment_id = await deploy(run_workflow, "flow-tests")
+        executor = Executor(
+            {deployment_id: run_workflow},
+            concurrency=20,
+            poll_seconds=0.2,
+            resumer_tick_seconds=0.3,
+        )
+        task = asyncio.create_task(executor.run())
+        try:
+            yield FlowSystem(deployment_id, url, executor)
+        finally:
+            executor.stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout=60)
+            await runtime.reset()
+
+
+@pytest.mark.integration
+async def test_harness_runs_a_one_task_definition(flow_system: FlowSystem) -> None:
+    run_id = await flow_system.start("one-task.json", {"name": "harness"})
+    output = await flow_system.result(run_id)
+    assert output["echo"]["name"] == "harness"
