@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
-import typing
+import inspect
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -201,16 +201,8 @@ class ActivityRegistry:
         def decorate(fn: FnT, /) -> FnT:
             in_model: type[BaseModel]
             out_model: type[BaseModel]
-            if input_model is None or output_model is None:
-                hints = typing.get_type_hints(fn)
-                params = [key for key in hints if key != "return"]
-                in_model = input_model or hints[params[-1]]
-                out_model = output_model or hints["return"]
-            else:
-                in_model, out_model = input_model, output_model
-            for label, model in (("input", in_model), ("output", out_model)):
-                if not (isinstance(model, type) and issubclass(model, BaseModel)):
-                    raise TypeError(f"activity {name!r}: {label} model must be a pydantic model")
+            in_model = input_model or _annotated_model(fn, name, "input")
+            out_model = output_model or _annotated_model(fn, name, "output")
             self.register(
                 Activity(
                     name=name,
@@ -300,7 +292,19 @@ class ActivityRegistry:
                 f"activity {name!r} changes state and needs an idempotency key",
                 retryable=False,
             )
-        recorded = await ctx.idempotency.run_once(ctx.idempotency_key, name, run)
+        try:
+            recorded = await ctx.idempotency.run_once(
+                ctx.idempotency_key,
+                name,
+                run,
+                # The key must not be reused for another input: the store refuses that instead
+                # of handing back a result that belongs to a different call.
+                input_data=parsed.model_dump(mode="json", by_alias=True),
+            )
+        except ActivityError:
+            raise
+        except Exception as exc:
+            raise _store_error(name, exc) from exc
         # A duplicate receives the stored JSON; re-validating it keeps the output contract even
         # for results recorded by an older version of the activity.
         return _dump_output(activity, recorded)
@@ -320,6 +324,21 @@ async def _run(activity: Activity, ctx: ActivityContext, parsed: BaseModel) -> d
     return _dump_output(activity, result)
 
 
+def _store_error(name: str, exc: Exception) -> Exception:
+    """The idempotency store's refusals as activity errors; anything else unchanged."""
+    from store.errors import IdempotencyConflictError, IdempotencyPendingError, StoreError
+
+    if isinstance(exc, IdempotencyConflictError):
+        return ActivityError("States.IdempotencyConflict", str(exc), retryable=False)
+    if isinstance(exc, IdempotencyPendingError):
+        return ActivityError("States.IdempotencyPending", str(exc), retryable=True)
+    if isinstance(exc, StoreError):
+        return ActivityError("States.StoreError", f"{name}: {exc}", retryable=exc.retryable)
+    return ActivityError(
+        TASK_FAILED, f"activity {name!r}: {type(exc).__name__}: {exc}", retryable=True
+    )
+
+
 def _dump_output(activity: Activity, result: object) -> dict[str, Any]:
     try:
         if isinstance(result, activity.output_model):
@@ -335,6 +354,27 @@ def _dump_output(activity: Activity, result: object) -> dict[str, Any]:
             retryable=False,
         ) from None
     return model.model_dump(mode="json", by_alias=True)
+
+
+def _annotated_model(fn: Callable[..., Any], name: str, which: str) -> type[BaseModel]:
+    """The model named by ``fn``'s input (second parameter) or return annotation.
+
+    Only the two annotations are looked at, and a string annotation is looked up as a plain
+    name in the function's module (no evaluation), so the context's type may stay a
+    ``TYPE_CHECKING`` import.
+    """
+    params = list(inspect.signature(fn).parameters)
+    key = "return" if which == "output" else (params[1] if len(params) == 2 else None)
+    annotation = fn.__annotations__.get(key) if key else None
+    if isinstance(annotation, str):
+        annotation = getattr(fn, "__globals__", {}).get(annotation)
+    if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        raise TypeError(
+            f"activity {name!r}: cannot tell the {which} model from the annotations of "
+            f"{_qualname(fn)}; annotate it with a module-level pydantic model or pass "
+            f"{which}_model="
+        )
+    return annotation
 
 
 def _qualname(fn: object) -> str:
