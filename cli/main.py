@@ -12,7 +12,7 @@ import typer
 
 __all__ = ["app", "main"]
 
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("cli.authoring", "cli.activities")
 
 app = typer.Typer(
     name="orchestration",

@@ -22,6 +22,7 @@ CODES: dict[str, str] = {
     "document-too-large": "the document is larger than MAX_DOCUMENT_BYTES",
     "too-deep": "JSON containers are nested deeper than MAX_DEPTH",
     "too-many-states": "more than MAX_STATES states, branches included",
+    "unreadable-file": "the file could not be read (CLI only)",
     "invalid-json": "the document is not JSON (or not UTF-8)",
     "duplicate-key": "an object names the same member twice",
     "missing-field": "a required member is absent",
