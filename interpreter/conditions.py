@@ -37,7 +37,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, Final
 
-import regex  # type: ignore[import-untyped]  # no stubs installed (types-regex is not in the lock)
+import regex
 
 from interpreter.durations import parse_timestamp
 from interpreter.errors import ConditionError, ExpressionError
