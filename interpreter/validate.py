@@ -60,8 +60,8 @@ def scopes(definition: WorkflowDefinition) -> Iterator[Scope]:
     while pending:
         scope = pending.pop(0)
         yield scope
-        if scope.nesting >= MAX_BRANCH_NESTING:
-            continue  # deeper scopes are reported as too deeply nested, not walked
+        if scope.nesting > MAX_BRANCH_NESTING:
+            continue  # reported as too deeply nested; what is inside is not walked
         for name, state in scope.states.items():
             at = scope.where + pointer("states", name)
             prefix = f"{scope.label}/{name}" if scope.label else name
