@@ -272,6 +272,9 @@ async def http_request(ctx: ActivityContext, request: HttpRequestInput) -> HttpR
     """Make the request; see the module docstring for the guard and the error names."""
     import httpx
 
+    from tasks.builtin import logredact
+
+    logredact.install()
     settings = ctx.http
     timeout = min(request.timeout_seconds or settings.timeout_seconds, 300.0)
     try:

@@ -40,6 +40,9 @@ class NotifyOutput(ActivityOutput):
 async def _post(ctx: ActivityContext, url: str, payload: dict[str, Any]) -> None:
     import httpx
 
+    from tasks.builtin import logredact
+
+    logredact.install()
     headers = {"Idempotency-Key": ctx.idempotency_key} if ctx.idempotency_key else {}
     try:
         async with httpx.AsyncClient(

@@ -1,7 +1,10 @@
 """``records.create/update/get/rollbackCreate``: business records through ``store.records``.
 
-``records.create`` is idempotent twice over: on the step's idempotency key (the registry runs it
-once per key) and on the optional business ``key`` (one live record per ``kind`` and ``key``).
+``records.create`` is idempotent twice over: the registry runs it once per idempotency key, and
+the insert itself is keyed (one live record per ``kind`` and ``key``), the business ``key``
+defaulting to the step's idempotency key. The second half is what makes a create that succeeded
+and then failed before its result was recorded (a crash, a lost connection) safe to retry: the
+retry finds the row the first attempt inserted instead of inserting another.
 ``records.rollbackCreate`` is its compensation: the record is kept for the audit trail with status
 ``rolled_back`` and its business key released; rolling back twice, or a record that does not
 exist, is not an error (``rolledBack`` says whether the record is rolled back now).
@@ -40,7 +43,12 @@ RECORD_ID = Field(min_length=1, max_length=36)
 class CreateRecordInput(ActivityInput):
     kind: str = KIND
     data: dict[str, Any] = Field(default_factory=dict)
-    key: str | None = Field(default=None, min_length=1, max_length=512)
+    key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=512,
+        description="Business key: one live record per kind and key (default: the step's key)",
+    )
 
 
 class UpdateRecordInput(ActivityInput):
@@ -91,9 +99,10 @@ async def _mapped(action: Callable[[], Awaitable[Record]]) -> RecordOutput:
 
 
 async def create_record(ctx: ActivityContext, request: CreateRecordInput) -> RecordOutput:
-    """A new record (or the live one of this kind with this business key)."""
+    """A new record (or the live one of this kind with this key; see the module docstring)."""
     records = ctx.require_records()
-    return await _mapped(lambda: records.create(request.kind, request.data, request.key))
+    key = request.key or ctx.idempotency_key
+    return await _mapped(lambda: records.create(request.kind, request.data, key))
 
 
 async def update_record(ctx: ActivityContext, request: UpdateRecordInput) -> RecordOutput:
