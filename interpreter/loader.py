@@ -266,7 +266,7 @@ def _pointer_for(loc: tuple[int | str, ...], document: Any) -> str:
             isinstance(node, dict)
             and not tag_skipped
             and part in (node.get("type"), node.get("op"))
-            and not is_last
+            and not (is_last and part in node)
         )
         present = (isinstance(node, dict) and part in node) or (
             isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
