@@ -33,18 +33,23 @@ from store.events import (
 from store.idempotency import IdempotencyEntry, IdempotencyStore
 from store.migrate import migrate
 from store.records import Record, RecordStore
+from store.runs import DeviceRun, DeviceRunStore, OutboxEntry
 from store.settings import DatabaseSettings
+from store.waits import Wait, WaitStore
 
 __all__ = [
     "Database",
     "DatabaseSettings",
     "DeviceEvent",
+    "DeviceRun",
+    "DeviceRunStore",
     "DeviceState",
     "EventStore",
     "IdempotencyConflictError",
     "IdempotencyEntry",
     "IdempotencyPendingError",
     "IdempotencyStore",
+    "OutboxEntry",
     "Record",
     "RecordNotFoundError",
     "RecordResult",
@@ -53,5 +58,7 @@ __all__ = [
     "StoreError",
     "StoredEvent",
     "UnsupportedDatabaseError",
+    "Wait",
+    "WaitStore",
     "migrate",
 ]

@@ -1,0 +1,97 @@
+"""Contract of ``store.runs.DeviceRunStore`` (current run per device, routing outbox)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from store.db import Database
+from store.runs import DeviceRunStore
+
+pytestmark = pytest.mark.integration
+
+
+async def test_one_of_many_racing_routers_claims_the_start(database: Database) -> None:
+    store = DeviceRunStore(database)
+    wins = await asyncio.gather(
+        *(store.claim_start("dev", f"key-{i}", workflow="onboard") for i in range(10))
+    )
+    assert wins.count(True) == 1
+    current = await store.current("dev")
+    assert current is not None
+    assert current.status == "starting"
+    assert current.run_key == f"key-{wins.index(True)}"
+    # The winner asking again (a redelivered starting event) gets the same answer.
+    assert await store.claim_start("dev", current.run_key, workflow="onboard") is True
+    assert await store.current("nobody") is None
+
+
+async def test_the_lifecycle_starting_running_finished_then_a_new_start(
+    database: Database,
+) -> None:
+    store = DeviceRunStore(database)
+    assert await store.claim_start("dev", "k1", workflow="onboard", started_by_event="e1")
+    assert not await store.claim_start("dev", "k2", workflow="onboard")
+
+    assert await store.set_run("dev", "k1", "flow-run-1") is True
+    assert await store.set_run("dev", "k1", "flow-run-1") is True  # idempotent
+    assert await store.set_run("dev", "k1", "flow-run-other") is False
+    assert await store.set_run("dev", "k2", "flow-run-2") is False
+    running = await store.current("dev")
+    assert running is not None
+    assert (running.status, running.run_id, running.started_by_event) == (
+        "running",
+        "flow-run-1",
+        "e1",
+    )
+    assert not await store.claim_start("dev", "k2", workflow="onboard")
+
+    assert await store.finish("dev", "some-other-run") is False
+    assert await store.finish("dev", "flow-run-1") is True
+    assert await store.finish("dev", "flow-run-1") is False
+    assert not await store.claim_start("dev", "k1", workflow="onboard")  # that run is over
+
+    racers = await asyncio.gather(
+        *(store.claim_start("dev", f"next-{i}", workflow="onboard") for i in range(5))
+    )
+    assert racers.count(True) == 1
+
+
+async def test_a_stale_starting_claim_can_be_taken_over(database: Database) -> None:
+    store = DeviceRunStore(database)
+    assert await store.claim_start("dev", "k1", workflow="onboard")
+    assert not await store.claim_start("dev", "k2", workflow="onboard", stale_after=timedelta(1))
+    assert await store.claim_start("dev", "k2", workflow="onboard", stale_after=timedelta(0))
+    current = await store.current("dev")
+    assert current is not None and current.run_key == "k2"
+    assert await store.finish("dev", "k2") is True  # finish by run key when never bound
+
+
+async def test_the_outbox_keeps_work_until_it_is_done(database: Database) -> None:
+    store = DeviceRunStore(database)
+    first = await store.enqueue("dev", "e1", "start", {"workflow": "onboard"})
+    again = await store.enqueue("dev", "e1", "start", {"workflow": "changed"})
+    resume = await store.enqueue("dev", "e2", "resume", {"run": "r"})
+    later = await store.enqueue(
+        "dev", "e3", "resume", None, not_before=datetime.now(UTC) + timedelta(hours=1)
+    )
+    assert again == first
+    assert len({first, resume, later}) == 3
+
+    pending = await store.pending()
+    assert [(e.event_id, e.action, e.payload) for e in pending] == [
+        ("e1", "start", {"workflow": "onboard"}),
+        ("e2", "resume", {"run": "r"}),
+    ]
+    assert [e.id for e in await store.pending(limit=1)] == [first]
+
+    await store.mark_failed(first, "Prefect unreachable", retry_at=datetime.now(UTC) + timedelta(1))
+    await store.mark_done(resume)
+    assert await store.pending() == []
+    retried = await store.pending(now=datetime.now(UTC) + timedelta(days=2))
+    assert [(e.id, e.attempts, e.last_error) for e in retried] == [
+        (first, 1, "Prefect unreachable"),
+        (later, 0, None),
+    ]
