@@ -9,6 +9,7 @@ otherwise they are read from the environment (``ORCH_DB_*``, ``ORCH_FLOW_*``) on
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,10 +17,9 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
-    from store.waits import WaitStore
-
     from store.db import Database
     from store.events import EventStore
+    from store.waits import WaitStore  # type: ignore[import-not-found, unused-ignore]  # being written
     from tasks.context import ActivityContext
     from tasks.registry import ActivityRegistry
 
@@ -37,16 +37,21 @@ class FlowSettings(BaseSettings):
     default_task_timeout_seconds: float | None = Field(default=None, gt=0)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Resources:
     """What every step of every run in this process shares."""
 
     db: Database
     events: EventStore
-    waits: WaitStore
     registry: ActivityRegistry
     activity_context: ActivityContext
     settings: FlowSettings
+
+    @functools.cached_property
+    def waits(self) -> WaitStore:
+        from store.waits import WaitStore
+
+        return WaitStore(self.db)
 
 
 _configured: dict[str, object] = {}
@@ -97,8 +102,6 @@ async def get_resources() -> Resources:
 
 
 async def _build() -> Resources:
-    from store.waits import WaitStore
-
     from store.db import Database
     from store.events import EventStore
     from store.settings import DatabaseSettings
@@ -120,7 +123,6 @@ async def _build() -> Resources:
     return Resources(
         db=db,
         events=EventStore(db),
-        waits=WaitStore(db),
         registry=registry,
         activity_context=base,
         settings=settings,

@@ -77,7 +77,7 @@ async def _effect(ctx: ActivityContext, name: str) -> int:
     return int(count or 0)
 
 
-def test_registry() -> ActivityRegistry:
+def flow_test_registry() -> ActivityRegistry:
     """The built-in activities plus ``test.*`` ones."""
     import importlib
 
@@ -246,9 +246,7 @@ class FlowSystem:
 
         resources = await get_resources()
         await resources.events.record(
-            DeviceEvent(
-                device_id=subject, event_id=uuid.uuid4().hex, name=name, payload=payload
-            )
+            DeviceEvent(device_id=subject, event_id=uuid.uuid4().hex, name=name, payload=payload)
         )
 
     async def history(self, run_id: uuid.UUID) -> list[str]:
@@ -259,8 +257,14 @@ class FlowSystem:
         return [str(state.name) for state in states]
 
 
+@pytest.fixture(scope="session")
+def flow_database_url(postgres: PostgresServer) -> str:
+    """A fresh app database on PostgreSQL for the flow tests."""
+    return postgres.sqlalchemy_url(postgres.create_database("flowapp"))
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def flow_system(prefect_server: Any, postgres: PostgresServer) -> AsyncIterator[FlowSystem]:
+async def flow_system(prefect_server: Any, flow_database_url: str) -> AsyncIterator[FlowSystem]:
     from prefect.settings import (
         PREFECT_API_URL,
         PREFECT_HOME,
@@ -273,8 +277,7 @@ async def flow_system(prefect_server: Any, postgres: PostgresServer) -> AsyncIte
     from flows.executor import Executor, deploy
     from flows.workflow import run_workflow
 
-    database = postgres.create_database("flowapp")
-    url = postgres.sqlalchemy_url(database)
+    url = flow_database_url
     with temporary_settings(
         updates={
             PREFECT_API_URL: prefect_server.api_url,
@@ -285,7 +288,7 @@ async def flow_system(prefect_server: Any, postgres: PostgresServer) -> AsyncIte
     ):
         runtime.configure(
             database_url=url,
-            registry=test_registry(),
+            registry=flow_test_registry(),
             settings=runtime.FlowSettings(short_wait_seconds=2.0),
         )
         resources = await runtime.get_resources()

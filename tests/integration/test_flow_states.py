@@ -1,0 +1,83 @@
+"""Every state type through the real flow on a real Prefect server (PostgreSQL): tasks, retries,
+catch, choice, short timers, parallel, map, compensation, succeed and fail."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.integration.test_flow_harness import FlowSystem, flow_database_url, flow_system
+
+__all__ = ["flow_database_url", "flow_system"]
+
+pytestmark = pytest.mark.integration
+
+
+def _tag(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def test_every_state_type_succeeds_with_named_tagged_run(flow_system: FlowSystem) -> None:
+    tag = _tag("every")
+    run_id = await flow_system.start(
+        "every-state.json", {"tag": tag, "path": "ok", "items": [1, 2, 3]}, device_id="dev-1"
+    )
+    output = await flow_system.result(run_id)
+
+    assert output["first"]["count"] == 1
+    assert output["fan"] == [{"Left": {"side": "left"}}, {"Right": {"side": "right"}}]
+    assert [item["out"]["value"] for item in output["each"]] == [1, 2, 3]
+    flow_run = await flow_system.read(run_id)
+    assert flow_run.name == "rt-every-state/dev-1"
+    assert {"workflow:rt-every-state", "device:dev-1", "version:1"} <= set(flow_run.tags)
+
+
+async def test_fail_state_fails_the_run_with_its_error_and_cause(flow_system: FlowSystem) -> None:
+    run_id = await flow_system.start("every-state.json", {"tag": _tag("fail"), "path": "fail"})
+    flow_run = await flow_system.final(run_id)
+
+    assert flow_run.state.is_failed()
+    assert "Broken: Route.Broken: the input asked for the failing path" in flow_run.state.message
+
+
+async def test_retry_then_success_runs_three_attempts(flow_system: FlowSystem) -> None:
+    tag = _tag("retry")
+    run_id = await flow_system.start("retry.json", {"tag": tag})
+    output = await flow_system.result(run_id)
+
+    assert output["flaky"] == {"attempts": 3}
+    assert await flow_system.effects(tag) == 3
+
+
+async def test_non_retryable_error_goes_straight_to_catch(flow_system: FlowSystem) -> None:
+    tag = _tag("catch")
+    run_id = await flow_system.start("catch.json", {"tag": tag})
+    output = await flow_system.result(run_id)
+
+    assert output["error"]["error"] == "Device.Refused"
+    assert await flow_system.effects(tag) == 1  # four attempts allowed, one made
+
+
+async def test_compensation_runs_in_reverse_past_a_failing_one(flow_system: FlowSystem) -> None:
+    tag = _tag("saga")
+    names = {
+        "a": f"{tag}-do-a",
+        "b": f"{tag}-do-b",
+        "c": f"{tag}-do-c",
+        "undoA": f"{tag}-undo-a",
+        "undoC": f"{tag}-undo-c",
+    }
+    run_id = await flow_system.start("compensation.json", names)
+    flow_run = await flow_system.final(run_id)
+
+    assert flow_run.state.is_failed()
+    assert "D: Device.Rejected: the device said no" in flow_run.state.message
+    assert await flow_system.effect_order(tag) == [
+        names["a"],
+        names["b"],
+        names["c"],
+        names["undoC"],
+        names["undoA"],
+    ]
+    assert await flow_system.effects("fail:Undo.Broken") >= 1  # B's undo ran, failed, saga went on
