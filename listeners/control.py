@@ -103,6 +103,10 @@ class RunControl(Protocol):
         """The run's state, or None when the orchestrator does not know the run."""
         ...
 
+    async def statuses(self, run_ids: list[str]) -> dict[str, RunStatus]:
+        """The states of many runs in one request; unknown runs are left out."""
+        ...
+
 
 class PrefectRunControl:
     """``RunControl`` over the Prefect API, for runs of one deployment.
@@ -223,3 +227,24 @@ class PrefectRunControl:
         if run.state is None:
             return RunStatus(run_id, "SCHEDULED", "Scheduled")
         return RunStatus(run_id, str(run.state.type.value), run.state.name or "")
+
+    async def statuses(self, run_ids: list[str]) -> dict[str, RunStatus]:
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        if not run_ids:
+            return {}
+        runs = await self._call(
+            self.client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(r) for r in run_ids])),
+                limit=len(run_ids),
+            )
+        )
+        found: dict[str, RunStatus] = {}
+        for run in runs:
+            if run.state is None:
+                found[str(run.id)] = RunStatus(str(run.id), "SCHEDULED", "Scheduled")
+            else:
+                found[str(run.id)] = RunStatus(
+                    str(run.id), str(run.state.type.value), run.state.name or ""
+                )
+        return found

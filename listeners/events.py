@@ -86,6 +86,7 @@ class IncomingEvent:
     payload: dict[str, Any]
     occurred_at: datetime
     received_at: datetime
+    enqueued_at: datetime | None = None
 
     def as_input(self) -> dict[str, Any]:
         """The event as a run's ``input.event`` (JSON-safe, camelCase like the message)."""
@@ -169,4 +170,5 @@ def parse_event(
         payload=body.payload,
         occurred_at=body.occurred_at or message.enqueued_at or received,
         received_at=received,
+        enqueued_at=message.enqueued_at,
     )

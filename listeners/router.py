@@ -114,7 +114,7 @@ class EventLog(Protocol):
 
     async def record(self, event: IncomingEvent) -> RecordStatus: ...
 
-    async def is_unconsumed(self, device_id: str, event_id: str) -> bool:
+    async def is_unconsumed(self, device_id: str, event_id: str, name: str) -> bool:
         """Whether the event is stored and no wait has claimed it yet."""
         ...
 
@@ -214,9 +214,12 @@ class Router:
         if recorded is RecordStatus.OVERFLOW:
             return self._result(event, recorded, RouteAction.REFUSED, detail="device event limit")
         current = await self._ledger.current(event.device_id)
+        run_key = run_key_for(event)
+        if current is not None and current.finished and current.run_key == run_key:
+            # A late redelivery of the event that started the device's last run: done already.
+            return self._result(event, recorded, RouteAction.STARTED, current.run_id, "already")
         if current is None or current.finished:
             return await self._start(event, recorded, current)
-        run_key = run_key_for(event)
         if current.run_key == run_key:
             # This very event started the current run: a redelivery, maybe after a crash
             # between claim and create. Creating again is idempotent.
@@ -280,9 +283,14 @@ class Router:
             return self._result(event, recorded, RouteAction.DEFERRED, detail=str(exc))
         return self._result(event, recorded, RouteAction.STARTED, run_id)
 
-    async def execute_start(self, device_id: str, run_key: str, request: dict[str, Any]) -> str:
-        """Create the run (idempotent on ``run_key``) and bind it; raises ``ControlError``."""
-        self._check_circuit()
+    async def execute_start(
+        self, device_id: str, run_key: str, request: dict[str, Any], *, probe: bool = False
+    ) -> str:
+        """Create the run (idempotent on ``run_key``) and bind it; raises ``ControlError``.
+
+        ``probe``: call Prefect even while the circuit is open (the reconciler's retries)."""
+        if not probe:
+            self._check_circuit()
         try:
             run_id = await self._control.start(
                 parameters=request["parameters"],
@@ -293,6 +301,8 @@ class Router:
         except ControlUnavailableError:
             self._open_circuit()
             raise
+        if probe:
+            self.close_circuit()
         await self._ledger.bind(device_id, run_key, run_id)
         return run_id
 
@@ -301,7 +311,11 @@ class Router:
     async def _resume(
         self, event: IncomingEvent, recorded: RecordStatus, run_id: str
     ) -> RouteResult:
-        request = {"runId": run_id, "runInput": resume_input(event.event_id, event.received_at)}
+        request = {
+            "runId": run_id,
+            "eventName": event.name,
+            "runInput": resume_input(event.event_id, event.received_at),
+        }
         try:
             status = await self.execute_resume(request)
         except ControlError as exc:
@@ -316,16 +330,21 @@ class Router:
                 event.device_id, event.event_id, "resume", request, "run not paused yet"
             )
             return self._result(event, recorded, RouteAction.DEFERRED, run_id, "not paused yet")
-        log.error("run %s rejected the resume input for event %s", run_id, event.event_id)
         return self._result(event, recorded, RouteAction.BUSY, run_id, "resume rejected")
 
-    async def execute_resume(self, request: dict[str, Any]) -> ResumeStatus:
-        self._check_circuit()
+    async def execute_resume(self, request: dict[str, Any], *, probe: bool = False) -> ResumeStatus:
+        """Resume the run with the request's input; raises ``ControlError``."""
+        if not probe:
+            self._check_circuit()
         try:
             outcome = await self._control.resume(request["runId"], request["runInput"])
         except ControlUnavailableError:
             self._open_circuit()
             raise
+        if probe:
+            self.close_circuit()
+        if outcome.status is ResumeStatus.REJECTED:
+            log.error("run %s rejected the resume input: %s", request["runId"], outcome.reason)
         return outcome.status
 
     # -- helpers -----------------------------------------------------------------------------

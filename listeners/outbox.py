@@ -1,0 +1,159 @@
+"""The reconciler: finish what the router could not, and notice runs that ended without telling.
+
+Two duties, one loop (``Reconciler.run``), each pass bounded:
+
+1. The route outbox. A start claimed by the router but not confirmed by Prefect (Prefect down, the
+   process died between claim and create) is created again with the same idempotency key, so it
+   happens exactly once; a resume that found Prefect down, or a run that had registered its wait but
+   not yet suspended, is tried again while the run still waits for that event and the event is
+   still unclaimed. Failures back off exponentially per item; nothing is dropped.
+2. The sweep. Runs the ledger believes active are checked against Prefect in one request per batch;
+   finished ones (completed, failed, crashed, cancelled) are marked finished, so the device's next
+   event starts a new run. The flow marks its own end; this catches the runs that could not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from listeners.control import ControlError, ControlUnavailableError, ResumeStatus, RunControl
+from listeners.router import EventLog, OutboxItem, Router, RunLedger, WaitIndex
+
+__all__ = ["ReconcileReport", "Reconciler"]
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_SECONDS = 60.0
+
+
+@dataclass
+class ReconcileReport:
+    started: int = 0
+    resumed: int = 0
+    dropped: int = 0  # resume items no longer needed (the wait resolved or the event was claimed)
+    retrying: int = 0
+    finished_runs: int = 0
+
+    @property
+    def progressed(self) -> int:
+        return self.started + self.resumed + self.dropped + self.finished_runs
+
+
+def backoff(attempts: int) -> timedelta:
+    return timedelta(seconds=min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** max(0, attempts)))
+
+
+class Reconciler:
+    """Retry the outbox and sweep finished runs; safe to run in several processes."""
+
+    def __init__(
+        self,
+        *,
+        router: Router,
+        ledger: RunLedger,
+        events: EventLog,
+        waits: WaitIndex,
+        control: RunControl,
+        batch: int = 200,
+    ) -> None:
+        self._router = router
+        self._ledger = ledger
+        self._events = events
+        self._waits = waits
+        self._control = control
+        self._batch = batch
+
+    async def run(self, stop: asyncio.Event, *, interval: float) -> None:
+        """Pass after pass until ``stop``; a failing pass is logged and retried next interval."""
+        while not stop.is_set():
+            try:
+                await self.run_once()
+            except Exception:
+                log.exception("reconciler pass failed; trying again in %.1fs", interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+
+    async def run_once(self, now: datetime | None = None) -> ReconcileReport:
+        report = ReconcileReport()
+        now = now or datetime.now(UTC)
+        unavailable: ControlUnavailableError | None = None
+        for item in await self._ledger.due(now, self._batch):
+            try:
+                if unavailable is not None:
+                    raise unavailable  # one probe per pass while Prefect is down is enough
+                await self._attempt(item, report)
+            except ControlError as exc:
+                if isinstance(exc, ControlUnavailableError):
+                    unavailable = exc
+                report.retrying += 1
+                log.warning(
+                    "outbox %s device=%s event=%s attempt %d failed: %s",
+                    item.action,
+                    item.device_id,
+                    item.event_id,
+                    item.attempts + 1,
+                    exc,
+                )
+                await self._ledger.retry_later(item.id, str(exc), now + backoff(item.attempts))
+        if unavailable is not None:
+            return report
+        try:
+            await self._sweep(report)
+        except ControlError as exc:
+            log.warning("run sweep skipped: %s", exc)
+        return report
+
+    async def _attempt(self, item: OutboxItem, report: ReconcileReport) -> None:
+        if item.action == "start":
+            run_id = await self._router.execute_start(
+                item.device_id, item.request["runKey"], item.request, probe=True
+            )
+            log.info(
+                "outbox start device=%s event=%s run=%s", item.device_id, item.event_id, run_id
+            )
+            report.started += 1
+            return  # bind() marked the item done
+        run_id = item.request["runId"]
+        name = item.request["eventName"]
+        still_wanted = await self._events.is_unconsumed(
+            item.device_id, item.event_id, name
+        ) and run_id in await self._waits.waiting_runs(item.device_id, name)
+        if not still_wanted:
+            report.dropped += 1
+            await self._ledger.done(item.id)
+            return
+        status = await self._router.execute_resume(item.request, probe=True)
+        if status is ResumeStatus.NOT_PAUSED:
+            raise ControlError("the run is not paused yet")
+        log.info(
+            "outbox resume device=%s event=%s run=%s: %s",
+            item.device_id,
+            item.event_id,
+            run_id,
+            status.value,
+        )
+        report.resumed += status is ResumeStatus.ACCEPTED
+        await self._ledger.done(item.id)
+
+    async def _sweep(self, report: ReconcileReport) -> None:
+        active = [run for run in await self._ledger.active(self._batch) if run.run_id]
+        if not active:
+            return
+        statuses = await self._control.statuses([run.run_id for run in active if run.run_id])
+        for run in active:
+            status = statuses.get(run.run_id or "")
+            # Unknown to Prefect (its database was reset) counts as finished too.
+            if (status is None or status.finished) and await self._ledger.finish(
+                run.device_id, run.run_key
+            ):
+                report.finished_runs += 1
+                log.info(
+                    "device=%s run=%s finished (%s)",
+                    run.device_id,
+                    run.run_id,
+                    status.state_name if status else "unknown to Prefect",
+                )

@@ -1,0 +1,409 @@
+"""Start-or-route on a real Prefect server and PostgreSQL.
+
+Two deployments of the probe flow (``tests/support/ingress_probe.py``): ``idle`` has no executor
+(its runs stay scheduled: a busy device), ``served`` is executed by ``flow.serve`` in a subprocess
+(its runs really wait, suspend and get resumed). Prefect outages are real: the router talks to
+Prefect through a TCP proxy that the test switches off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import pytest_asyncio
+
+from listeners.control import PrefectRunControl
+from listeners.local import IngressRuntime, open_ingress
+from listeners.pipeline import Disposition
+from listeners.router import RecordStatus, RouteAction
+from listeners.settings import IngressSettings
+from tests.support.postgres import PostgresServer, free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.postgres]
+
+REPO = Path(__file__).resolve().parents[2]
+DEADLINE = 90.0
+T = TypeVar("T")
+
+
+async def wait_until(probe: Callable[[], Awaitable[T]], what: str, deadline: float = DEADLINE) -> T:
+    """Poll ``probe`` until it returns something truthy; fail with ``what`` at the deadline."""
+    end = time.monotonic() + deadline
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {deadline}s waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+def device() -> str:
+    return f"dev-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="module")
+def app_db_url(postgres: PostgresServer) -> str:
+    return postgres.sqlalchemy_url(postgres.create_database("ingress"))
+
+
+@pytest_asyncio.fixture(scope="module")
+async def idle_deployment(prefect_server: Any) -> str:
+    from tests.support.ingress_probe import FLOW_NAME, ingress_probe
+
+    deployment = await ingress_probe.ato_deployment(name="idle")
+    await deployment.aapply()
+    return f"{FLOW_NAME}/idle"
+
+
+@pytest.fixture(scope="module")
+def served_deployment(prefect_server: Any, app_db_url: str) -> Iterator[str]:
+    """The probe flow served by a subprocess (each run a process, as with ``flow.serve``)."""
+    env = {**os.environ, **prefect_server.env, "ORCH_DB_URL": app_db_url}
+    log_path = Path(prefect_server.home) / "probe-serve.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.ingress_probe", "served"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        from prefect.client.orchestration import get_client
+
+        async def registered() -> bool:
+            async with get_client() as client:
+                try:
+                    await client.read_deployment_by_name("ingress-probe/served")
+                except Exception:
+                    return process.poll() is not None  # stop polling a dead server
+                return True
+
+        asyncio.run(wait_until(registered, "the served deployment"))
+        assert process.poll() is None, log_path.read_text()
+        yield "ingress-probe/served"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@contextlib.asynccontextmanager
+async def runtime(
+    app_db_url: str, deployment: str, *, api_url: str | None = None
+) -> AsyncIterator[IngressRuntime]:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    settings = IngressSettings(workflow="probe", deployment=deployment, prefect_timeout=5)
+    if api_url is None:
+        async with open_ingress(database_url=app_db_url, settings=settings) as rt:
+            yield rt
+        return
+    # The client reads the API URL when it is created: point it at the proxy.
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        control = PrefectRunControl(deployment, timeout=3)
+        await control.__aenter__()
+    try:
+        async with open_ingress(database_url=app_db_url, settings=settings, control=control) as rt:
+            yield rt
+    finally:
+        await control.__aexit__(None, None, None)
+
+
+async def device_runs(device_id: str) -> list[Any]:
+    """The Prefect runs tagged with the device (the truth on Prefect's side)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    async with get_client() as client:
+        return await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"device:{device_id}"]))
+        )
+
+
+async def run_state(run_id: str) -> Any:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        run = await client.read_flow_run(uuid.UUID(run_id))
+    return run.state
+
+
+# -- start, duplicates, races ------------------------------------------------------------------
+
+
+async def test_first_event_starts_one_run_with_the_event_as_input(
+    app_db_url: str, idle_deployment: str
+) -> None:
+    dev = device()
+    async with runtime(app_db_url, idle_deployment) as rt:
+        outcome = await rt.local.send(dev, "hello", {"mode": "finish", "n": 1}, event_id="e1")
+
+        assert outcome.disposition is Disposition.COMPLETE
+        assert outcome.result is not None
+        assert outcome.result.recorded is RecordStatus.RECORDED
+        assert outcome.result.action is RouteAction.STARTED
+        runs = await device_runs(dev)
+        assert [str(r.id) for r in runs] == [outcome.result.run_id]
+        run = runs[0]
+        assert run.parameters["device_id"] == dev
+        assert run.parameters["workflow"] == "probe"
+        assert run.parameters["input"]["event"]["payload"] == {"mode": "finish", "n": 1}
+        assert run.idempotency_key == f"ingress:{dev}:e1"
+        assert {f"device:{dev}", "workflow:probe", "ingress"} <= set(run.tags)
+        current = await rt.ledger.current(dev)
+        assert current is not None and current.status == "running"
+        assert current.run_id == outcome.result.run_id
+        assert await rt.ledger.pending(dev) == []
+
+
+async def test_the_same_message_twice_makes_one_run(app_db_url: str, idle_deployment: str) -> None:
+    dev = device()
+    async with runtime(app_db_url, idle_deployment) as rt:
+        first = await rt.local.send(dev, "hello", event_id="same")
+        second = await rt.local.send(dev, "hello", event_id="same")
+
+    assert first.result is not None and second.result is not None
+    assert second.result.recorded is RecordStatus.DUPLICATE
+    assert second.result.action is RouteAction.STARTED
+    assert second.result.run_id == first.result.run_id
+    assert len(await device_runs(dev)) == 1
+
+
+async def test_a_busy_devices_event_waits_in_the_store(
+    app_db_url: str, idle_deployment: str
+) -> None:
+    dev = device()
+    async with runtime(app_db_url, idle_deployment) as rt:
+        first = await rt.local.send(dev, "hello", event_id="a")
+        later = await rt.local.send(dev, "telemetry", {"t": 21}, event_id="b")
+
+        assert first.result is not None and later.result is not None
+        assert later.result.action is RouteAction.BUSY
+        assert later.result.run_id == first.result.run_id
+        assert await rt.events.is_unconsumed(dev, "b", "telemetry")
+    assert len(await device_runs(dev)) == 1
+
+
+async def test_two_routers_racing_on_one_device_start_one_run(
+    app_db_url: str, idle_deployment: str
+) -> None:
+    devices = [device() for _ in range(10)]
+    async with (
+        runtime(app_db_url, idle_deployment) as one,
+        runtime(app_db_url, idle_deployment) as two,
+    ):
+        results = await asyncio.gather(
+            *(
+                rt.local.send(dev, "hello", event_id=f"{tag}-{dev}")
+                for dev in devices
+                for rt, tag in ((one, "x"), (two, "y"))
+            )
+        )
+    for dev in devices:
+        mine = [o.result for o in results if o.result and o.result.device_id == dev]
+        assert sorted(r.action.value for r in mine) == ["busy", "started"]
+        runs = await device_runs(dev)
+        assert len(runs) == 1, f"{dev}: {len(runs)} runs"
+
+
+async def test_the_next_event_after_a_finished_run_starts_a_new_one(
+    app_db_url: str, idle_deployment: str
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Completed
+
+    dev = device()
+    async with runtime(app_db_url, idle_deployment) as rt:
+        first = await rt.local.send(dev, "hello", event_id="one")
+        assert first.result is not None and first.result.run_id is not None
+        async with get_client() as client:
+            await client.set_flow_run_state(uuid.UUID(first.result.run_id), Completed(), force=True)
+        # Nobody told the ledger: the reconciler's sweep finds the finished run.
+        report = await rt.reconciler.run_once()
+        assert report.finished_runs >= 1
+        second = await rt.local.send(dev, "hello", event_id="two")
+
+    assert second.result is not None
+    assert second.result.action is RouteAction.STARTED
+    assert second.result.run_id != first.result.run_id
+    assert len(await device_runs(dev)) == 2
+
+
+# -- resume ------------------------------------------------------------------------------------
+
+
+async def test_an_event_resumes_the_run_waiting_for_it(
+    app_db_url: str, served_deployment: str
+) -> None:
+    dev = device()
+    async with runtime(app_db_url, served_deployment) as rt:
+        start = await rt.local.send(dev, "onboard", {"mode": "wait", "for": "approve"})
+        assert start.result is not None and start.result.run_id is not None
+        run_id = start.result.run_id
+
+        async def suspended() -> bool:
+            state = await run_state(run_id)
+            return state is not None and state.type.value == "PAUSED"
+
+        await wait_until(suspended, "the run to suspend")
+        noise = await rt.local.send(dev, "telemetry", event_id="noise")
+        approve = await rt.local.send(dev, "approve", {"ok": True}, event_id="approve-1")
+
+        assert noise.result is not None and noise.result.action is RouteAction.BUSY
+        assert approve.result is not None and approve.result.action is RouteAction.RESUMED
+
+        async def completed() -> Any:
+            state = await run_state(run_id)
+            return state if state is not None and state.is_final() else None
+
+        final = await wait_until(completed, "the resumed run to finish")
+        assert final.type.value == "COMPLETED"
+        assert not await rt.events.is_unconsumed(dev, "approve-1", "approve")
+        assert await rt.events.is_unconsumed(dev, "noise", "telemetry")
+        current = await rt.ledger.current(dev)
+        assert current is not None and current.finished
+
+
+async def test_a_busy_run_takes_the_event_when_it_reaches_its_wait(
+    app_db_url: str, served_deployment: str, tmp_path: Path
+) -> None:
+    dev = device()
+    gate = tmp_path / "gate"
+    async with runtime(app_db_url, served_deployment) as rt:
+        start = await rt.local.send(
+            dev, "onboard", {"mode": "wait", "for": "approve", "gate": str(gate)}
+        )
+        assert start.result is not None and start.result.run_id is not None
+        run_id = start.result.run_id
+
+        async def running() -> bool:
+            state = await run_state(run_id)
+            return state is not None and state.type.value == "RUNNING"
+
+        await wait_until(running, "the run to be busy")
+        approve = await rt.local.send(dev, "approve", event_id="early")
+        assert approve.result is not None and approve.result.action is RouteAction.BUSY
+        gate.touch()
+
+        async def completed() -> Any:
+            state = await run_state(run_id)
+            return state if state is not None and state.is_final() else None
+
+        final = await wait_until(completed, "the run to finish")
+        assert final.type.value == "COMPLETED"
+        assert not await rt.events.is_unconsumed(dev, "early", "approve")
+    assert len(await device_runs(dev)) == 1
+
+
+# -- Prefect unavailable -----------------------------------------------------------------------
+
+
+class SwitchableProxy:
+    """A TCP proxy to the Prefect server that can refuse and cut connections (a real outage)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.up = True
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.up:
+            writer.close()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        with contextlib.suppress(asyncio.CancelledError):  # the loop ends before the client
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def down(self) -> None:
+        self.up = False
+        for writer in self._writers:
+            writer.close()
+        self._writers.clear()
+
+    async def close(self) -> None:
+        self.down()
+        if self._server is not None:
+            self._server.close()
+
+
+async def test_prefect_unavailable_for_a_while_loses_nothing(
+    app_db_url: str, idle_deployment: str, prefect_server: Any
+) -> None:
+    from store.columns import utc_now
+
+    upstream = int(prefect_server.api_url.rsplit(":", 1)[1].split("/")[0])
+    proxy = SwitchableProxy(upstream)
+    await proxy.start()
+    devices = [device() for _ in range(5)]
+    try:
+        async with runtime(
+            app_db_url, idle_deployment, api_url=f"http://127.0.0.1:{proxy.port}/api"
+        ) as rt:
+            proxy.down()
+            outcomes = [await rt.local.send(dev, "hello", event_id=f"o-{dev}") for dev in devices]
+            again = await rt.local.send(devices[0], "hello", event_id=f"o-{devices[0]}")
+
+            # Recorded and acknowledged, but no run yet: the start is in the outbox.
+            for outcome in [*outcomes, again]:
+                assert outcome.disposition is Disposition.COMPLETE
+                assert outcome.result is not None
+                assert outcome.result.action is RouteAction.DEFERRED
+            for dev in devices:
+                assert await device_runs(dev) == []
+                assert [i.action for i in await rt.ledger.pending(dev)] == ["start"]
+            failing = await rt.reconciler.run_once(now=utc_now() + timedelta_minutes(1))
+            assert failing.retrying == len(devices) and failing.started == 0
+
+            proxy.up = True
+
+            async def all_started() -> bool:
+                await rt.reconciler.run_once(now=utc_now() + timedelta_minutes(10))
+                return [await rt.ledger.pending(dev) for dev in devices] == [[]] * len(devices)
+
+            await wait_until(all_started, "the outbox to drain once Prefect is back")
+            for dev in devices:
+                runs = await device_runs(dev)
+                assert len(runs) == 1
+                current = await rt.ledger.current(dev)
+                assert current is not None and current.run_id == str(runs[0].id)
+    finally:
+        await proxy.close()
+
+
+def timedelta_minutes(minutes: float) -> Any:
+    from datetime import timedelta
+
+    return timedelta(minutes=minutes)
