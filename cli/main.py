@@ -12,7 +12,7 @@ import typer
 
 __all__ = ["app", "main"]
 
-COMMAND_MODULES: tuple[str, ...] = ("cli.authoring", "cli.activities", "cli.testing")
+COMMAND_MODULES: tuple[str, ...] = ("cli.authoring", "cli.activities", "cli.testing", "cli.ops")
 
 app = typer.Typer(
     name="orchestration",

@@ -112,7 +112,7 @@ class AlertSettings(BaseSettings):
     missed_heartbeats: float = Field(default=3.0, gt=1)
     webhook_block: str = "orchestration-alerts"
     webhook_url: SecretStr | None = None
-    deployments: list[str] = Field(default_factory=lambda: ["run-workflow/workflow"])
+    deployments: list[str] = Field(default_factory=lambda: ["run-workflow/device-workflow"])
     definitions_dir: Path = Path("definitions")
 
 

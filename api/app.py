@@ -1,0 +1,174 @@
+"""The management API: a FastAPI app over Prefect's client and the ingress pipeline.
+
+``create_app(settings)`` builds it; the lifespan opens one Prefect client and the ingress (database,
+router) for the process. Endpoints mirror the original design's HTTP functions; OpenAPI at
+``/docs``. Errors: 401 without a valid key, 404 unknown workflow, 409 a request the run's state
+forbids, 413 body too large, 422 invalid request (FastAPI's validation details), 503 Prefect or
+the database unavailable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Request, status
+from fastapi.responses import JSONResponse
+
+from api.models import (
+    NAME_PATTERN,
+    DeviceEventRequest,
+    EventAccepted,
+    RaiseEventRequest,
+    StartWorkflowRequest,
+    WorkflowStatus,
+)
+from api.security import ApiKeyGuard, BodySizeLimit
+from api.service import ConflictError, NotFoundError, WorkflowService
+from api.settings import ApiSettings
+from listeners.control import ControlError, ControlUnavailableError
+
+__all__ = ["create_app"]
+
+DEVICE_ID = Annotated[str, Path(min_length=1, max_length=128)]
+EVENT_NAME = Annotated[str, Path(min_length=1, max_length=200, pattern=NAME_PATTERN)]
+WORKFLOW_ID = Annotated[str, Path(min_length=1, max_length=100)]
+
+
+def _service(request: Request) -> WorkflowService:
+    service: WorkflowService | None = getattr(request.app.state, "service", None)
+    if service is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the API is not ready")
+    return service
+
+
+Service = Annotated[WorkflowService, Depends(_service)]
+
+
+def create_app(settings: ApiSettings | None = None, *, database_url: str | None = None) -> FastAPI:
+    """The app; ``database_url`` overrides ``ORCH_DB_URL`` (tests)."""
+    settings = settings or ApiSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from listeners.control import PrefectRunControl
+        from listeners.local import open_ingress
+        from listeners.settings import IngressSettings
+        from store.settings import DatabaseSettings
+
+        ingress_settings = IngressSettings()
+        deployment = settings.deployment or ingress_settings.deployment
+        ingress_settings = ingress_settings.model_copy(update={"deployment": deployment})
+        async with (
+            PrefectRunControl(deployment, timeout=settings.prefect_timeout) as control,
+            open_ingress(
+                database_url=database_url or DatabaseSettings().url,
+                settings=ingress_settings,
+                control=control,
+                max_message_bytes=settings.max_body_bytes,
+            ) as runtime,
+        ):
+            app.state.service = WorkflowService(control, runtime.ingress)
+            try:
+                yield
+            finally:
+                app.state.service = None
+
+    guard = ApiKeyGuard(settings.api_keys, allow_anonymous=settings.allow_anonymous)
+    app = FastAPI(
+        title="Device workflow orchestration",
+        version="1",
+        description="Start, inspect, signal and terminate device workflows.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(ControlUnavailableError)
+    async def _unavailable(_request: Request, exc: ControlUnavailableError) -> JSONResponse:
+        return JSONResponse({"detail": f"Prefect unavailable: {exc}"}, status_code=503)
+
+    @app.exception_handler(ControlError)
+    async def _refused(_request: Request, exc: ControlError) -> JSONResponse:
+        return JSONResponse({"detail": f"Prefect refused: {exc}"}, status_code=502)
+
+    @app.exception_handler(NotFoundError)
+    async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(ConflictError)
+    async def _conflict(_request: Request, exc: ConflictError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    protected = [Depends(guard)]
+
+    @app.get("/health", tags=["operations"])
+    async def health(request: Request) -> JSONResponse:
+        """Liveness and Prefect reachability; open without a key."""
+        service: WorkflowService | None = getattr(request.app.state, "service", None)
+        prefect_ok = service is not None and await service.prefect_healthy()
+        body: dict[str, Any] = {"status": "ok" if prefect_ok else "degraded", "prefect": prefect_ok}
+        return JSONResponse(body, status_code=200 if prefect_ok else 503)
+
+    @app.post(
+        "/workflows",
+        status_code=status.HTTP_202_ACCEPTED,
+        dependencies=protected,
+        tags=["workflows"],
+    )
+    async def start_workflow(body: StartWorkflowRequest, service: Service) -> WorkflowStatus:
+        """Start a run; with ``instanceId``, starting again returns the run already started."""
+        return await service.start(body)
+
+    @app.get("/workflows/{workflow_id}", dependencies=protected, tags=["workflows"])
+    async def get_workflow(workflow_id: WORKFLOW_ID, service: Service) -> WorkflowStatus:
+        """Status, created, last updated, current state and the trail so far (by run id or
+        instance id)."""
+        return await service.status(workflow_id)
+
+    @app.post(
+        "/workflows/{workflow_id}/events/{event_name}",
+        status_code=status.HTTP_202_ACCEPTED,
+        dependencies=protected,
+        tags=["events"],
+        responses={409: {"description": "the run has ended or has no device"}},
+    )
+    async def raise_event(
+        workflow_id: WORKFLOW_ID,
+        event_name: EVENT_NAME,
+        service: Service,
+        body: RaiseEventRequest | None = None,
+    ) -> JSONResponse:
+        """Raise an event for the run's device: the path a queued device message takes."""
+        body = body or RaiseEventRequest()
+        accepted, code = await service.raise_event(
+            workflow_id, event_name, body.payload, body.event_id
+        )
+        return _event_response(accepted, code)
+
+    @app.post(
+        "/devices/{device_id}/events",
+        status_code=status.HTTP_202_ACCEPTED,
+        dependencies=protected,
+        tags=["events"],
+    )
+    async def device_event(
+        device_id: DEVICE_ID, body: DeviceEventRequest, service: Service
+    ) -> JSONResponse:
+        """Ingress: record the device's event, then start, resume or leave it for its run."""
+        occurred = body.occurred_at.isoformat() if body.occurred_at else None
+        accepted, code = await service.device_event(
+            device_id, body.name, body.payload, body.event_id, occurred
+        )
+        return _event_response(accepted, code)
+
+    @app.delete("/workflows/{workflow_id}", dependencies=protected, tags=["workflows"])
+    async def terminate_workflow(workflow_id: WORKFLOW_ID, service: Service) -> WorkflowStatus:
+        """Terminate (cancel) the run; 409 when it has already ended."""
+        return await service.terminate(workflow_id)
+
+    return app
+
+
+def _event_response(accepted: EventAccepted, code: int) -> JSONResponse:
+    return JSONResponse(accepted.model_dump(mode="json", by_alias=True), status_code=code)

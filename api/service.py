@@ -1,0 +1,268 @@
+"""What the management API does, over the Prefect client and the ingress pipeline.
+
+Starting, reading and terminating runs go to Prefect (through ``listeners.control``'s client and
+its error translation); raising an event goes through ``Ingress.process``, exactly the path a
+Service Bus message takes (record, then start, resume or leave for the run to claim).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from api.models import EventAccepted, StartWorkflowRequest, TrailStep, WorkflowStatus
+from listeners.control import ControlError, PrefectRunControl
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+
+    from listeners.pipeline import Ingress
+
+__all__ = ["ConflictError", "NotFoundError", "WorkflowService"]
+
+INSTANCE_TAG = "instance:"
+# The flow logs each trail entry as "<path> [<type> #<visit>] <outcome>" (flows.driver).
+TRAIL_LINE = re.compile(r"^(?P<state>.+?) \[(?P<type>[a-z]+) #(?P<visit>\d+)\] (?P<outcome>.*)$")
+MAX_TRAIL_LOGS = 200
+
+
+class NotFoundError(Exception):
+    pass
+
+
+class ConflictError(Exception):
+    pass
+
+
+class WorkflowService:
+    def __init__(self, control: PrefectRunControl, ingress: Ingress) -> None:
+        self._control = control
+        self._ingress = ingress
+
+    # -- runs --------------------------------------------------------------------------------
+
+    async def start(self, request: StartWorkflowRequest) -> WorkflowStatus:
+        instance = request.instance_id
+        key = f"api:{instance}" if instance else f"api:{uuid.uuid4()}"
+        tags = [f"workflow:{request.workflow_type}", "api"]
+        if instance:
+            tags.append(f"{INSTANCE_TAG}{instance}")
+        if request.device_id:
+            tags.append(f"device:{request.device_id}")
+        run_id = await self._control.start(
+            parameters={
+                "workflow": request.workflow_type,
+                "input": request.input,
+                "version": request.version,
+                "device_id": request.device_id,
+            },
+            idempotency_key=key,
+            name=f"{request.workflow_type}-{instance or key[4:12]}",
+            tags=tags,
+        )
+        return await self.status(run_id)
+
+    async def find(self, workflow_id: str) -> FlowRun:
+        """A run by its Prefect id, or by the instance id it was started with."""
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+        client = self._control.client
+        try:
+            run_id = uuid.UUID(workflow_id)
+        except ValueError:
+            runs = await self._control._call(
+                client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        tags=FlowRunFilterTags(all_=[f"{INSTANCE_TAG}{workflow_id}"])
+                    ),
+                    limit=1,
+                )
+            )
+            if not runs:
+                raise NotFoundError(f"no workflow with id or instance id {workflow_id!r}") from None
+            return runs[0]
+        try:
+            run: FlowRun = await self._control._call(client.read_flow_run(run_id))
+        except ControlError as exc:
+            raise NotFoundError(f"no workflow with id {workflow_id!r}") from exc
+        return run
+
+    async def status(self, workflow_id: str) -> WorkflowStatus:
+        run = await self.find(workflow_id)
+        trail, complete = await self._trail(run)
+        instance = next(
+            (t[len(INSTANCE_TAG) :] for t in run.tags if t.startswith(INSTANCE_TAG)), None
+        )
+        state = run.state
+        updated = max(
+            (t for t in (run.updated, state.timestamp if state else None) if t is not None),
+            default=None,
+        )
+        return WorkflowStatus(
+            id=str(run.id),
+            instance_id=instance,
+            name=run.name,
+            workflow_type=_str_or_none(run.parameters.get("workflow")),
+            device_id=_str_or_none(run.parameters.get("device_id")),
+            status=state.type.value if state else "SCHEDULED",
+            state_name=(state.name or "") if state else "Scheduled",
+            created_at=run.created,
+            last_updated_at=updated,
+            current_state=trail[-1].state if trail else None,
+            trail=trail,
+            trail_complete=complete,
+        )
+
+    async def terminate(self, workflow_id: str) -> WorkflowStatus:
+        """Cancel the run: at once when no process holds it, else through Cancelling."""
+        from prefect.client.schemas.objects import State
+        from prefect.states import Cancelled, Cancelling
+
+        run = await self.find(workflow_id)
+        state = run.state
+        if state is not None and state.is_final():
+            raise ConflictError(f"workflow {run.id} already ended: {state.name}")
+        holds_process = state is not None and (
+            state.is_running() or (state.is_paused() and state.name != "Suspended")
+        )
+        message = "terminated through the management API"
+        new: State[Any] = (
+            Cancelling(message=message) if holds_process else Cancelled(message=message)
+        )
+        await self._control._call(self._control.client.set_flow_run_state(run.id, new, force=True))
+        return await self.status(str(run.id))
+
+    async def _trail(self, run: FlowRun) -> tuple[list[TrailStep], bool]:
+        """The published trail when the run has ended, else what its logs show so far."""
+        from prefect.client.schemas.filters import (
+            ArtifactFilter,
+            ArtifactFilterType,
+            FlowRunFilter,
+            FlowRunFilterId,
+            LogFilter,
+            LogFilterFlowRunId,
+        )
+        from prefect.client.schemas.sorting import LogSort
+
+        client = self._control.client
+        artifacts = await self._control._call(
+            client.read_artifacts(
+                artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["table"])),
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])),
+            )
+        )
+        for artifact in artifacts:
+            rows = _table_rows(artifact.data)
+            if rows is not None:
+                return [TrailStep.model_validate(row) for row in rows], True
+        logs = await self._control._call(
+            client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
+                limit=MAX_TRAIL_LOGS,
+                sort=LogSort.TIMESTAMP_ASC,
+            )
+        )
+        steps: dict[tuple[str, int], TrailStep] = {}
+        for log in logs:
+            match = TRAIL_LINE.match(log.message)
+            if match is None:
+                continue
+            step = TrailStep(
+                state=match["state"],
+                type=match["type"],
+                visit=int(match["visit"]),
+                outcome=match["outcome"],
+                at=log.timestamp.isoformat(),
+            )
+            # A resumed run replays its cached steps and logs them again: keep the first.
+            steps.setdefault((step.state, step.visit), step)
+        return list(steps.values()), False
+
+    # -- events ------------------------------------------------------------------------------
+
+    async def raise_event(
+        self, workflow_id: str, name: str, payload: dict[str, Any], event_id: str | None
+    ) -> tuple[EventAccepted, int]:
+        run = await self.find(workflow_id)
+        device = _str_or_none(run.parameters.get("device_id"))
+        if device is None:
+            raise ConflictError(
+                f"workflow {run.id} has no device: events are routed per device, "
+                "use POST /devices/{id}/events"
+            )
+        if run.state is not None and run.state.is_final():
+            raise ConflictError(f"workflow {run.id} already ended: {run.state.name}")
+        return await self.device_event(device, name, payload, event_id)
+
+    async def device_event(
+        self,
+        device_id: str,
+        name: str,
+        payload: dict[str, Any],
+        event_id: str | None,
+        occurred_at: str | None = None,
+    ) -> tuple[EventAccepted, int]:
+        """Through ``Ingress.process``; returns the body and the HTTP status to answer with."""
+        from listeners.events import IncomingMessage
+        from listeners.pipeline import OVERFLOW_REASON, Disposition
+
+        event_id = event_id or str(uuid.uuid4())
+        body: dict[str, Any] = {
+            "deviceId": device_id,
+            "eventId": event_id,
+            "name": name,
+            "payload": payload,
+        }
+        if occurred_at is not None:
+            body["occurredAt"] = occurred_at
+        message = IncomingMessage(
+            body=json.dumps(body, separators=(",", ":")).encode(),
+            message_id=event_id,
+            session_id=device_id,
+        )
+        outcome = await self._ingress.process(message)
+        result = outcome.result.as_dict() if outcome.result is not None else {}
+        accepted = EventAccepted(
+            disposition=outcome.disposition.value,
+            device_id=result.get("deviceId", device_id),
+            event_id=result.get("eventId", event_id),
+            recorded=result.get("recorded"),
+            action=result.get("action"),
+            run_id=result.get("runId"),
+            detail=result.get("detail") or outcome.description or None,
+        )
+        if outcome.disposition is Disposition.COMPLETE:
+            return accepted, 202
+        if outcome.disposition is Disposition.DEAD_LETTER:
+            return accepted, 429 if outcome.reason == OVERFLOW_REASON else 422
+        return accepted, 503
+
+    async def prefect_healthy(self) -> bool:
+        return await self._control.client.api_healthcheck() is None
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _table_rows(data: Any) -> list[dict[str, Any]] | None:
+    """A table artifact's rows (stored as a JSON string of a list of row objects)."""
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            return None
+    if isinstance(data, list) and all(isinstance(row, dict) for row in data):
+        return [
+            {
+                "state": str(row.get("state", "")),
+                "type": str(row.get("type", "")),
+                "visit": int(row.get("visit", 0)),
+                "outcome": str(row.get("outcome", "")),
+                "at": row.get("at"),
+            }
+            for row in data
+        ]
+    return None
