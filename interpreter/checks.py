@@ -41,6 +41,7 @@ _FIRST_SEGMENT = re.compile(r"^\$\.([A-Za-z_][A-Za-z0-9_]*)")
 _ORDERED = ("greaterThan", "greaterThanOrEquals", "lessThan", "lessThanOrEquals")
 _STRING_VALUE = ("startsWith", "endsWith", "matches")
 _FLAG_VALUE = ("isPresent", "isNull")
+_CATCH_ALL = frozenset({"*", "States.ALL"})
 
 
 class Report:
@@ -163,10 +164,10 @@ def check_catch(report: Report, catch: list[CatchRule], where: str) -> None:
             report.warn(
                 "unreachable-catch",
                 at,
-                f"catch rule {catch_all_at} matches every error ('*'), so this rule is never used",
-                hint="put the '*' rule last",
+                f"catch rule {catch_all_at} matches every error, so this rule is never used",
+                hint="put the catch-all rule ('*' or 'States.ALL') last",
             )
-        elif "*" in rule.errors:
+        elif _CATCH_ALL.intersection(rule.errors):
             catch_all_at = i
         if rule.error_path is not None:
             check_result_path(report, rule.error_path, at + pointer("errorPath"))

@@ -141,8 +141,9 @@ def test_compensation_naming_a_task_without_compensate_warns() -> None:
     assert _warnings(text) == [("nothing-to-compensate", "/states/U/states/0")]
 
 
-def test_catch_rule_after_a_catch_all_warns() -> None:
-    catch = [{"errors": ["*"], "next": "B"}, {"errors": ["X"], "next": "B"}]
+@pytest.mark.parametrize("wildcard", ["*", "States.ALL"])
+def test_catch_rule_after_a_catch_all_warns(wildcard: str) -> None:
+    catch = [{"errors": [wildcard], "next": "B"}, {"errors": ["X"], "next": "B"}]
     text = doc({"A": task(catch=catch, end=True), "B": S})
     assert _warnings(text) == [("unreachable-catch", "/states/A/catch/1")]
 
