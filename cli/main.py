@@ -12,7 +12,13 @@ import typer
 
 __all__ = ["app", "main"]
 
-COMMAND_MODULES: tuple[str, ...] = ("cli.authoring", "cli.activities", "cli.testing", "cli.ops")
+COMMAND_MODULES: tuple[str, ...] = (
+    "cli.authoring",
+    "cli.activities",
+    "cli.testing",
+    "cli.ops",
+    "cli.running",
+)
 
 app = typer.Typer(
     name="orchestration",

@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 if TYPE_CHECKING:
     from store.db import Database
     from store.events import EventStore
-    from store.waits import WaitStore  # type: ignore[import-not-found, unused-ignore]  # being written
+    from store.waits import WaitStore
     from tasks.context import ActivityContext
     from tasks.registry import ActivityRegistry
 

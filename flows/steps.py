@@ -28,6 +28,7 @@ __all__ = [
     "activity_task",
     "cache_key",
     "claim_event",
+    "finish_device_run",
     "load_definition",
     "register_wait",
     "resolve_wait",
@@ -221,6 +222,15 @@ async def register_wait(
         run_id, wait_key, subject, event, datetime.fromisoformat(due_at) if due_at else None
     )
     return True
+
+
+@task(name="finish-device-run", persist_result=True)
+async def finish_device_run(device_id: str, run_id: str) -> bool:
+    """Tell the device ledger this run has ended, so the router starts the next one."""
+    from store.runs import DeviceRunStore
+
+    resources = await get_resources()
+    return await DeviceRunStore(resources.db).finish(device_id, run_id)
 
 
 @task(name="resolve-wait", persist_result=True)

@@ -70,15 +70,13 @@ class Resumer:
         moment = now or datetime.now(UTC)
         resumed = 0
         async with get_client() as client:
-            for wait in (await resources.waits.due(moment))[: self.batch]:
+            for wait in await resources.waits.due(moment, limit=self.batch):
                 if await self._resume(client, wait, "timer", moment):
                     resumed += 1
-            event_ready = getattr(resources.waits, "event_ready", None)
-            if event_ready is not None:
-                # Waits whose event is already in the store (it arrived before the run paused).
-                for wait in (await event_ready())[: self.batch]:
-                    if await self._resume(client, wait, "event", moment):
-                        resumed += 1
+            # Waits whose event is already in the store (it arrived before the run paused).
+            for wait in await resources.waits.event_ready(limit=self.batch):
+                if await self._resume(client, wait, "event", moment):
+                    resumed += 1
         return resumed
 
     async def _resume(self, client: PrefectClient, wait: Any, kind: str, now: datetime) -> bool:

@@ -138,6 +138,10 @@ async def run_workflow(
     run = engine.start(input or {}, system)
     _run, finished = await driver.drive(engine, run, system)
     await _publish_trail(definition, driver.trail, finished)
+    if device_id:
+        await steps.finish_device_run.with_options(
+            cache_key_fn=lambda _ctx, _params: steps.cache_key(run_id, "finish", device_id),
+        )(device_id, run_id)
     if finished.status == "failed":
         raise WorkflowFailedError(
             _failed_state(driver.trail), finished.error or "States.Failed", finished.cause

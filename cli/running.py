@@ -1,0 +1,401 @@
+"""``orchestration run | worker | demo``: execute workflows on Prefect, embedded defaults included.
+
+``run`` executes one definition end to end in this process: with no ``PREFECT_API_URL`` it starts a
+local Prefect server (SQLite, under ``.orchestration/prefect``) and stops it at the end; the app
+database defaults to SQLite (``ORCH_DB_URL``). It registers the ``run-workflow`` deployment,
+creates the run (named and tagged), executes it with the in-process executor and its resumer,
+delivers each ``--event`` once the run waits, prints the trail state by state, the result and the
+run's URL in the Prefect UI. Exit code 0 when the run succeeded, 1 when it failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.output import EXIT_FAILURE, OutputFormat, OutputOption, emit_json, fail
+
+__all__ = ["register"]
+
+LOCAL_PREFECT_HOME = Path(".orchestration/prefect")
+SERVER_DEADLINE_SECONDS = 120
+DEMO_DEFINITION = Path("definitions/device-onboarding.json")
+DEMO_DEVICE_PREFIX = "demo-device-"
+
+
+# --- embedded Prefect server -------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def prefect_api(quiet: bool = False) -> Iterator[str]:
+    """The configured Prefect API, or a local server (SQLite) started for the block's duration."""
+    configured = os.environ.get("PREFECT_API_URL")
+    if configured:
+        yield configured
+        return
+    home = LOCAL_PREFECT_HOME.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = dict(os.environ)
+    env.update({"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    log = (home / "server.log").open("ab")
+    prefect_bin = str(Path(sys.executable).with_name("prefect"))
+    if not quiet:
+        typer.echo(f"starting a local Prefect server on {api_url} (log: {home / 'server.log'})")
+    process = subprocess.Popen(  # noqa: S603 - our own venv's prefect binary, fixed arguments
+        [prefect_bin, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        _wait_healthy(api_url, process)
+        os.environ.update(
+            {
+                "PREFECT_API_URL": api_url,
+                "PREFECT_HOME": str(home),
+                "PREFECT_LOCAL_STORAGE_PATH": str(home / "results"),
+                "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+            }
+        )
+        yield api_url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def _wait_healthy(api_url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + SERVER_DEADLINE_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            fail("the local Prefect server exited while starting; see its log")
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:  # noqa: S310 - local URL we built
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    fail(f"the local Prefect server was not healthy within {SERVER_DEADLINE_SECONDS}s")
+
+
+def _settings(api_url: str) -> Any:
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        PREFECT_LOCAL_STORAGE_PATH,
+        PREFECT_RESULTS_PERSIST_BY_DEFAULT,
+        temporary_settings,
+    )
+
+    updates: dict[Any, Any] = {PREFECT_API_URL: api_url, PREFECT_RESULTS_PERSIST_BY_DEFAULT: True}
+    if os.environ.get("PREFECT_HOME"):
+        home = Path(os.environ["PREFECT_HOME"])
+        updates[PREFECT_HOME] = home
+        updates[PREFECT_LOCAL_STORAGE_PATH] = Path(
+            os.environ.get("PREFECT_LOCAL_STORAGE_PATH", str(home / "results"))
+        )
+    return temporary_settings(updates=updates)
+
+
+def ui_url(api_url: str, run_id: str) -> str:
+    base = os.environ.get("PREFECT_UI_URL") or api_url.removesuffix("/api")
+    return f"{base}/runs/flow-run/{run_id}"
+
+
+# --- one run -----------------------------------------------------------------------------------
+
+
+def _parse_events(events: list[str]) -> list[tuple[str, Any]]:
+    parsed = []
+    for item in events:
+        name, sep, payload = item.partition("=")
+        if not sep or not name:
+            fail(f"--event must be NAME=JSON, got {item!r}", code=2)
+        try:
+            parsed.append((name, json.loads(payload) if payload else None))
+        except json.JSONDecodeError as exc:
+            fail(f"--event {name}: payload is not JSON: {exc}", code=2)
+    return parsed
+
+
+async def execute_run(
+    definition: Path,
+    input: dict[str, Any],
+    *,
+    device_id: str | None,
+    events: list[tuple[str, Any]],
+    api_url: str,
+    show_progress: bool,
+) -> dict[str, Any]:
+    """Deploy, create, execute and follow one run; returns the summary printed by the CLI."""
+    from prefect.client.orchestration import get_client
+
+    from flows import runtime
+    from flows.executor import Executor, deploy
+    from flows.wake import event_subject
+    from flows.workflow import (
+        add_transition_listener,
+        remove_transition_listener,
+        run_name,
+        run_tags,
+        run_workflow,
+    )
+    from interpreter.runtime import TrailEntry
+
+    seen: set[tuple[str, int, str]] = set()
+    trail: list[dict[str, Any]] = []
+
+    def progress(entry: TrailEntry) -> None:
+        key = (entry.path, entry.visit, entry.outcome)
+        if key in seen:
+            return  # a replay after a suspend reports the same entries again
+        seen.add(key)
+        trail.append(entry.model_dump(mode="json"))
+        if show_progress:
+            typer.echo(f"  {entry.path:<40} {entry.type:<12} {entry.outcome}")
+
+    text = await asyncio.to_thread(definition.read_text, encoding="utf-8")
+    workflow = json.loads(text).get("name", definition.stem)
+    add_transition_listener(progress)
+    deployment_id = await deploy(run_workflow, "local")
+    executor = Executor({deployment_id: run_workflow}, poll_seconds=0.2, resumer_tick_seconds=0.5)
+    runner = asyncio.create_task(executor.run())
+    try:
+        async with get_client() as client:
+            flow_run = await client.create_flow_run_from_deployment(
+                deployment_id,
+                parameters={
+                    "workflow": str(definition),
+                    "input": input,
+                    "device_id": device_id,
+                },
+                name=run_name(workflow, device_id, os.urandom(4).hex()),
+                tags=run_tags(workflow, device_id, None),
+            )
+            run_id = str(flow_run.id)
+            if show_progress:
+                typer.echo(f"run {flow_run.name} ({run_id})")
+                typer.echo(f"  {ui_url(api_url, run_id)}")
+            subject = event_subject(device_id, run_id)
+            pending = list(events)
+            resources = await runtime.get_resources()
+            while True:
+                current = await client.read_flow_run(flow_run.id)
+                state = current.state
+                if state is not None and state.is_final():
+                    break
+                if state is not None and state.is_paused() and pending:
+                    name, payload = pending.pop(0)
+                    await _deliver(resources, client, flow_run.id, subject, name, payload)
+                    if show_progress:
+                        typer.echo(f"  -> event {name} delivered")
+                    await _wait_not_paused(client, flow_run.id)
+                await asyncio.sleep(0.3)
+        summary: dict[str, Any] = {
+            "runId": run_id,
+            "name": current.name,
+            "url": ui_url(api_url, run_id),
+            "trail": trail,
+        }
+        if state is not None and state.is_completed():
+            summary.update(status="succeeded", result=await state.aresult())
+        else:
+            summary.update(status="failed", error=state.message if state else "unknown")
+        return summary
+    finally:
+        remove_transition_listener(progress)
+        executor.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        await runtime.reset()
+
+
+async def _deliver(
+    resources: Any, client: Any, run_id: Any, subject: str, name: str, payload: Any
+) -> None:
+    """Record the event as the ingress does, then wake the run (it claims the event itself)."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from store.events import DeviceEvent
+
+    await resources.events.record(
+        DeviceEvent(device_id=subject, event_id=uuid.uuid4().hex, name=name, payload=payload)
+    )
+    await client.resume_flow_run(
+        run_id, run_input={"kind": "event", "at": datetime.now(UTC).isoformat()}
+    )
+
+
+async def _wait_not_paused(client: Any, run_id: Any, deadline: float = 30.0) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        current = await client.read_flow_run(run_id)
+        if current.state is None or not current.state.is_paused():
+            return
+        await asyncio.sleep(0.2)
+
+
+def _print_summary(summary: dict[str, Any], output: OutputFormat) -> None:
+    if output == OutputFormat.json:
+        emit_json(summary)
+    elif summary["status"] == "succeeded":
+        typer.secho("succeeded", fg=typer.colors.GREEN)
+        typer.echo(json.dumps(summary["result"], indent=2, default=str))
+        typer.echo(f"view: {summary['url']}")
+    else:
+        typer.secho(f"failed: {summary['error']}", fg=typer.colors.RED, err=True)
+        typer.echo(f"view: {summary['url']}")
+
+
+def run_command(
+    definition: Annotated[Path, typer.Argument(help="The definition file (.json).")],
+    input: Annotated[str, typer.Option("--input", "-i", help="The run's input as JSON.")] = "{}",
+    device: Annotated[str | None, typer.Option("--device", help="The device id.")] = None,
+    event: Annotated[
+        list[str] | None,
+        typer.Option("--event", "-e", help="NAME=JSON, delivered once the run waits (repeat)."),
+    ] = None,
+    output: OutputOption = OutputFormat.text,
+) -> None:
+    """Run one workflow to its end and print the trail, the result and the run's UI URL."""
+    if not definition.is_file():
+        fail(f"no definition file at {definition}", code=2)
+    try:
+        data = json.loads(input)
+    except json.JSONDecodeError as exc:
+        fail(f"--input is not JSON: {exc}", code=2)
+    if not isinstance(data, dict):
+        fail("--input must be a JSON object", code=2)
+    events = _parse_events(event or [])
+    text = output == OutputFormat.text
+    with prefect_api(quiet=not text) as api_url, _settings(api_url):
+        summary = asyncio.run(
+            execute_run(
+                definition.resolve(),
+                data,
+                device_id=device,
+                events=events,
+                api_url=api_url,
+                show_progress=text,
+            )
+        )
+    _print_summary(summary, output)
+    if summary["status"] != "succeeded":
+        raise typer.Exit(EXIT_FAILURE)
+
+
+# --- worker ------------------------------------------------------------------------------------
+
+
+def worker_command(
+    concurrency: Annotated[int, typer.Option(help="Runs executed at once.")] = 50,
+    deployment: Annotated[str, typer.Option(help="Deployment name to register and serve.")] = (
+        "executor"
+    ),
+) -> None:
+    """Execute runs of the run-workflow deployment in this process (and resume due waits)."""
+    with prefect_api() as api_url, _settings(api_url):
+        asyncio.run(_worker(concurrency, deployment))
+
+
+async def _worker(concurrency: int, deployment: str) -> None:
+    from flows import runtime
+    from flows.executor import Executor, deploy
+    from flows.workflow import run_workflow
+
+    deployment_id = await deploy(run_workflow, deployment)
+    typer.echo(f"executing runs of deployment run-workflow/{deployment} ({deployment_id})")
+    executor = Executor({deployment_id: run_workflow}, concurrency=concurrency)
+    try:
+        await executor.run(handle_signals=True)
+    finally:
+        await runtime.reset()
+    typer.echo(f"stopped: {executor.stats.as_dict()}")
+
+
+# --- demo --------------------------------------------------------------------------------------
+
+
+class _StandIn(BaseHTTPRequestHandler):
+    """The external system of the demo: accepts any JSON POST."""
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        body = json.dumps({"accepted": True}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+def demo_command(output: OutputOption = OutputFormat.text) -> None:
+    """Run the device-onboarding demo end to end on embedded defaults."""
+    if not DEMO_DEFINITION.is_file():
+        fail(f"{DEMO_DEFINITION} not found: run the demo from the repository root", code=2)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _StandIn)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    # The stand-in listens on loopback, which http.request refuses unless allowed: demo only.
+    os.environ["ORCH_HTTP_ALLOW_LOOPBACK"] = "true"
+    os.environ.setdefault("ORCH_HTTP_ALLOWED_HOSTS", '["127.0.0.1"]')
+    url = f"http://127.0.0.1:{server.server_address[1]}/devices"
+    text = output == OutputFormat.text
+    try:
+        with prefect_api(quiet=not text) as api_url, _settings(api_url):
+            summary = asyncio.run(
+                execute_run(
+                    DEMO_DEFINITION.resolve(),
+                    {"model": "TX-200", "externalSystemUrl": url},
+                    device_id=DEMO_DEVICE_PREFIX + os.urandom(3).hex(),
+                    events=[("device.ready", {"firmware": "1.4.2", "battery": 97})],
+                    api_url=api_url,
+                    show_progress=text,
+                )
+            )
+    finally:
+        server.shutdown()
+    _print_summary(summary, output)
+    if summary["status"] != "succeeded":
+        raise typer.Exit(EXIT_FAILURE)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_command)
+    app.command("worker")(worker_command)
+    app.command("demo")(demo_command)
