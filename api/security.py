@@ -1,7 +1,8 @@
 """Request guards of the management API: API keys compared in constant time, a body size limit.
 
 The size limit is ASGI middleware so it holds before anything reads the body: a declared
-``Content-Length`` over the limit is refused at once, and a chunked body is counted as it streams.
+``Content-Length`` over the limit is refused at once, and any other body is read
+(up to the limit) before the application sees it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from fastapi import HTTPException, Request, status
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ApiKeyGuard", "BodySizeLimit", "BodyTooLargeError"]
+__all__ = ["ApiKeyGuard", "BodySizeLimit"]
 
 API_KEY_HEADER = "x-api-key"
 
@@ -41,10 +42,6 @@ class ApiKeyGuard:
             )
 
 
-class BodyTooLargeError(Exception):
-    pass
-
-
 class BodySizeLimit:
     """Refuse request bodies over ``max_bytes`` with 413 before the application reads them."""
 
@@ -66,29 +63,43 @@ class BodySizeLimit:
                 if declared > self._max:
                     await _too_large(send, self._max)
                     return
+        # No (or a small) declared length: read the body here, up to the limit, and hand the
+        # application a replay of it. Raising from inside ``receive`` would not do: FastAPI turns
+        # any error while reading the body into a 400.
+        chunks: list[bytes] = []
         seen = 0
-        started = False
-
-        async def counting_receive() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self._max:
-                    raise BodyTooLargeError
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self._app(scope, counting_receive, tracking_send)
-        except BodyTooLargeError:
-            if not started:
+            if message["type"] != "http.request":
+                await self._app(scope, _replay([message]), send)
+                return
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self._max:
                 await _too_large(send, self._max)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        await self._app(
+            scope,
+            _replay([{"type": "http.request", "body": body, "more_body": False}], receive),
+            send,
+        )
+
+
+def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
+    pending = list(messages)
+
+    async def receive() -> Message:
+        if pending:
+            return pending.pop(0)
+        if then is not None:
+            return await then()  # after the body: the disconnect notice, when it comes
+        return {"type": "http.disconnect"}
+
+    return receive
 
 
 async def _too_large(send: Send, limit: int) -> None:

@@ -1,0 +1,261 @@
+"""The management API through a real HTTP server (``orchestration serve-api`` in a subprocess on
+127.0.0.1) against the real Prefect server: start (idempotent on the instance id), status,
+device events through the ingress path, terminate, health, and the bad requests."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.postgres import free_port
+
+pytestmark = [pytest.mark.integration]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+KEY = "test-key-" + uuid.uuid4().hex
+OTHER_KEY = "rotated-key-" + uuid.uuid4().hex
+MAX_BODY = 4096
+
+
+@pytest.fixture(scope="module")
+def deployment(prefect_server: object) -> str:
+    """A deployment of the real workflow flow, with no worker: its runs stay Scheduled."""
+    import asyncio
+
+    from prefect import get_client
+
+    from flows.workflow import run_workflow
+
+    name = f"api-{uuid.uuid4().hex[:8]}"
+
+    async def create() -> None:
+        async with get_client() as client:
+            flow_id = await client.create_flow(run_workflow)
+            await client.create_deployment(flow_id=flow_id, name=name)
+
+    asyncio.run(create())
+    return f"run-workflow/{name}"
+
+
+@pytest.fixture(scope="module")
+def api(deployment: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("api")
+    env = dict(os.environ)
+    env.update(
+        {
+            "ORCH_API_API_KEYS": json.dumps([KEY, OTHER_KEY]),
+            "ORCH_API_MAX_BODY_BYTES": str(MAX_BODY),
+            "ORCH_API_DEPLOYMENT": deployment,
+            "ORCH_INGRESS_WORKFLOW": "api-test-workflow",
+            "ORCH_DB_URL": f"sqlite+aiosqlite:///{workdir / 'orchestration.db'}",
+            "PYTHONPATH": str(REPO_ROOT),
+        }
+    )
+    log = (workdir / "api.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "serve-api", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None:
+            raise AssertionError((workdir / "api.log").read_text())
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("API not healthy in 60s:\n" + (workdir / "api.log").read_text())
+        time.sleep(0.2)
+    yield base
+    process.terminate()
+    process.wait(timeout=30)
+    log.close()
+    # Secrets never reach the logs.
+    text = (workdir / "api.log").read_text()
+    assert KEY not in text and OTHER_KEY not in text
+
+
+@pytest.fixture
+def http(api: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api, headers={"X-API-Key": KEY}, timeout=30) as client:
+        yield client
+
+
+def test_health_and_docs_are_open(api: str) -> None:
+    health = httpx.get(f"{api}/health")
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok", "prefect": True}
+    assert httpx.get(f"{api}/docs").status_code == 200
+    paths = httpx.get(f"{api}/openapi.json").json()["paths"]
+    assert {"/workflows", "/workflows/{workflow_id}", "/devices/{device_id}/events"} <= set(paths)
+    assert "/workflows/{workflow_id}/events/{event_name}" in paths
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}, {"X-API-Key": ""}])
+def test_requests_without_a_valid_key_are_refused(api: str, headers: dict[str, str]) -> None:
+    response = httpx.post(f"{api}/workflows", json={"workflowType": "x"}, headers=headers)
+    assert response.status_code == 401
+    assert httpx.get(f"{api}/workflows/abc", headers=headers).status_code == 401
+
+
+def test_every_configured_key_is_accepted(api: str) -> None:
+    response = httpx.get(f"{api}/workflows/no-such-instance", headers={"X-API-Key": OTHER_KEY})
+    assert response.status_code == 404
+
+
+def test_start_is_idempotent_on_instance_id_and_status_reads_it(http: httpx.Client) -> None:
+    instance = f"inst-{uuid.uuid4().hex[:8]}"
+    body = {
+        "workflowType": "device-onboarding",
+        "input": {"serial": "A1"},
+        "instanceId": instance,
+        "deviceId": "dev-1",
+    }
+    first = http.post("/workflows", json=body)
+    second = http.post("/workflows", json=body)
+    assert first.status_code == 202, first.text
+    assert second.status_code == 202
+    assert first.json()["id"] == second.json()["id"]
+    started = first.json()
+    assert started["instanceId"] == instance
+    assert started["workflowType"] == "device-onboarding"
+    assert started["deviceId"] == "dev-1"
+    assert started["status"] == "SCHEDULED"
+    assert started["trail"] == [] and started["trailComplete"] is False
+    # Readable by run id and by instance id; other instance ids start other runs.
+    by_id = http.get(f"/workflows/{started['id']}").json()
+    by_instance = http.get(f"/workflows/{instance}").json()
+    assert by_id["id"] == by_instance["id"] == started["id"]
+    assert by_id["createdAt"] is not None and by_id["lastUpdatedAt"] is not None
+    other = http.post("/workflows", json={**body, "instanceId": instance + "-2"}).json()
+    assert other["id"] != started["id"]
+
+
+def test_terminate_cancels_and_a_second_terminate_conflicts(http: httpx.Client) -> None:
+    started = http.post("/workflows", json={"workflowType": "device-onboarding"}).json()
+    terminated = http.delete(f"/workflows/{started['id']}")
+    assert terminated.status_code == 200, terminated.text
+    assert terminated.json()["status"] == "CANCELLED"
+    again = http.delete(f"/workflows/{started['id']}")
+    assert again.status_code == 409
+    assert "already ended" in again.json()["detail"]
+
+
+def test_device_events_take_the_ingress_path(http: httpx.Client) -> None:
+    device = f"dev-{uuid.uuid4().hex[:8]}"
+    event = {"name": "device.registered", "eventId": f"e-{uuid.uuid4().hex}", "payload": {"a": 1}}
+    first = http.post(f"/devices/{device}/events", json=event)
+    assert first.status_code == 202, first.text
+    started = first.json()
+    assert started["disposition"] == "complete"
+    assert started["recorded"] == "recorded"
+    assert started["action"] == "started"
+    run_id = started["runId"]
+    status = http.get(f"/workflows/{run_id}").json()
+    assert status["deviceId"] == device
+    assert status["workflowType"] == "api-test-workflow"
+    # The same message again is a duplicate; the started run is the same.
+    again = http.post(f"/devices/{device}/events", json=event).json()
+    assert again["recorded"] == "duplicate"
+    assert again["runId"] == run_id
+    # Raising an event on the workflow routes to its device: recorded, the run is busy (it does
+    # not wait for this event: nothing executes it in this test).
+    raised = http.post(f"/workflows/{run_id}/events/device.ack", json={"payload": {"ok": True}})
+    assert raised.status_code == 202, raised.text
+    assert raised.json()["recorded"] == "recorded"
+    assert raised.json()["action"] == "busy"
+    assert raised.json()["runId"] == run_id
+
+
+def test_event_on_a_run_without_device_or_ended_conflicts(http: httpx.Client) -> None:
+    started = http.post("/workflows", json={"workflowType": "device-onboarding"}).json()
+    response = http.post(f"/workflows/{started['id']}/events/device.ack", json={})
+    assert response.status_code == 409
+    assert "no device" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "workflowType"),
+        ({"workflowType": "x", "surprise": 1}, "surprise"),
+        ({"workflowType": "x", "instanceId": "has space"}, "instanceId"),
+        ({"workflowType": "x", "input": [1, 2]}, "input"),
+        ({"workflowType": ""}, "workflowType"),
+    ],
+)
+def test_invalid_start_requests_are_422_with_details(
+    http: httpx.Client, body: dict[str, Any], field: str
+) -> None:
+    response = http.post("/workflows", json=body)
+    assert response.status_code == 422
+    details = response.json()["detail"]
+    assert any(field in [str(part) for part in d["loc"]] for d in details), details
+
+
+def test_malformed_json_is_422(http: httpx.Client) -> None:
+    response = http.post(
+        "/workflows", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "json_invalid"
+
+
+def test_invalid_device_event_is_422(http: httpx.Client) -> None:
+    response = http.post("/devices/dev-1/events", json={"payload": {}})
+    assert response.status_code == 422
+    assert any("name" in d["loc"] for d in response.json()["detail"])
+
+
+def test_unknown_workflow_is_404(http: httpx.Client) -> None:
+    assert http.get(f"/workflows/{uuid.uuid4()}").status_code == 404
+    assert http.delete("/workflows/never-started").status_code == 404
+
+
+def test_oversized_bodies_are_413(http: httpx.Client, api: str) -> None:
+    big = {"workflowType": "x", "input": {"blob": "x" * MAX_BODY}}
+    response = http.post("/workflows", json=big)
+    assert response.status_code == 413
+    # Without Content-Length (chunked), the body is counted as it arrives.
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"workflowType": "x", "input": {"blob": "'
+        for _ in range(MAX_BODY // 512 + 2):
+            yield b"x" * 512
+        yield b'"}}'
+
+    chunked = http.post(
+        "/workflows", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert chunked.status_code == 413
+
+
+def test_raw_socket_lying_content_length_is_refused(api: str) -> None:
+    host, port = api.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            b"POST /workflows HTTP/1.1\r\nHost: x\r\nX-API-Key: "
+            + KEY.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: 99999999\r\n\r\n{}"
+        )
+        reply = sock.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 413")
