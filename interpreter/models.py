@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 __all__ = [
@@ -186,6 +193,15 @@ class Comparison(_Model):
         if "value" in self.model_fields_set and self.value_path is not None:
             raise ValueError("give either 'value' or 'valuePath', not both")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_value(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A comparison against ``valuePath`` has no ``value``: writing ``"value": null`` would make
+        # the dump read back as "both operands given".
+        data: dict[str, Any] = handler(self)
+        if self.value_path is not None and "value" not in self.model_fields_set:
+            data.pop("value", None)
+        return data
 
 
 class AndCondition(_Model):
