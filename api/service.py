@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from api.models import EventAccepted, StartWorkflowRequest, TrailStep, WorkflowStatus
 from listeners.control import ControlError, PrefectRunControl
+from operations.observability import log_context, metrics
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
@@ -222,7 +223,9 @@ class WorkflowService:
             message_id=event_id,
             session_id=device_id,
         )
-        outcome = await self._ingress.process(message)
+        with log_context(device_id=device_id, message_id=event_id):
+            outcome = await self._ingress.process(message)
+        _count(outcome, name)
         result = outcome.result.as_dict() if outcome.result is not None else {}
         accepted = EventAccepted(
             disposition=outcome.disposition.value,
@@ -241,6 +244,15 @@ class WorkflowService:
 
     async def prefect_healthy(self) -> bool:
         return await self._control.client.api_healthcheck() is None
+
+
+def _count(outcome: Any, name: str) -> None:
+    from listeners.pipeline import Disposition
+
+    if outcome.disposition is Disposition.DEAD_LETTER:
+        metrics().dead_letters.add(1, {"reason": outcome.reason or "unknown", "source": "api"})
+    elif outcome.result is not None:
+        metrics().device_events.add(1, {"event": name, "action": outcome.result.action.value})
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -28,7 +28,10 @@ def serve_api(
 
     from api.app import create_app
     from api.settings import ApiSettings
+    from operations.observability import configure_logging, configure_metrics
 
+    configure_logging()
+    configure_metrics()
     settings = ApiSettings()
     updates: dict[str, Any] = {}
     if host is not None:
@@ -47,6 +50,7 @@ def serve_api(
         host=settings.host,
         port=settings.port,
         log_level="info",
+        log_config=None,  # keep the JSON root handler: uvicorn's records go through it
         server_header=False,
     )
     uvicorn.Server(config).run()
