@@ -39,23 +39,61 @@ def test_importing_interpreter_loads_no_io_library() -> None:
 def test_public_surface_is_pinned() -> None:
     assert interpreter.__all__ == sorted(interpreter.__all__)
     assert interpreter.__all__ == [
+        "Action",
         "ActivityError",
         "AuthoringError",
+        "BranchesFailed",
+        "BranchesSucceeded",
+        "CompensationStep",
+        "CompensationsRan",
         "ConditionError",
         "DefinitionInvalidError",
         "DefinitionParseError",
         "DefinitionTooLargeError",
+        "Engine",
+        "EventReceived",
+        "EventTimedOut",
+        "ExecuteTask",
         "ExpressionError",
+        "Finished",
+        "Mocks",
         "OrchestrationError",
+        "Outcome",
         "PathNotFoundError",
         "Problem",
+        "RunBranches",
+        "RunCompensations",
+        "RunState",
         "RuntimeWorkflowError",
+        "SimulationResult",
+        "SystemContext",
+        "TaskFailed",
+        "TaskSucceeded",
+        "TrailEntry",
+        "WaitElapsed",
+        "WaitFor",
         "WorkflowDefinition",
         "definition_hash",
         "load_definition",
         "read_definition",
         "require_valid",
+        "simulate",
         "validate",
     ]
     for name in interpreter.__all__:
         assert getattr(interpreter, name) is not None
+
+
+def test_exports_are_the_objects_of_their_home_modules() -> None:
+    # The exported function ``simulate`` shadows the submodule as a package attribute, so the
+    # module is taken from sys.modules (``from interpreter.simulate import ...`` works the same).
+    from interpreter import engine, runtime
+
+    simulation = sys.modules["interpreter.simulate"]
+    assert interpreter.Engine is engine.Engine
+    assert interpreter.simulate is simulation.simulate
+    assert interpreter.SimulationResult is simulation.SimulationResult
+    assert interpreter.Mocks is simulation.Mocks
+    for name in runtime.__all__:
+        if name in interpreter.__all__:
+            assert getattr(interpreter, name) is getattr(runtime, name)
