@@ -51,6 +51,9 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def prefect_api(quiet: bool = False) -> Iterator[str]:
     """The configured Prefect API, or a local server (SQLite) started for the block's duration."""
+    # Our own progress lines say what happens; Prefect's console lines would repeat them (the
+    # run's logs still reach the Prefect API and the UI).
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     configured = os.environ.get("PREFECT_API_URL")
     if configured:
         yield configured
@@ -238,6 +241,9 @@ async def execute_run(
         with contextlib.suppress(asyncio.CancelledError):
             await runner
         await runtime.reset()
+        from prefect.logging.handlers import APILogHandler
+
+        await APILogHandler.aflush()  # before the local server stops
 
 
 async def _deliver(

@@ -157,8 +157,11 @@ async def _name_and_tag(
     wanted = run_tags(definition.name, device_id, definition.version)
     current = list(flow_run.tags or [])
     missing = [tag for tag in wanted if tag not in current]
-    if flow_run.name == name and not missing:
-        return
+    named = flow_run.name == name or str(flow_run.name).startswith(f"{definition.name}/")
+    if named and not missing:
+        return  # named and tagged at creation: no extra API call
+    if named:
+        name = str(flow_run.name)
     async with get_client() as client:
         await client.update_flow_run(flow_run.id, name=name, tags=[*current, *missing])
 

@@ -1,0 +1,367 @@
+"""``python -m bench [compare|throughput|suspended|all] [--reps N] [--runs N]``.
+
+- compare: the same 10-state workflow as a JSON definition through the interpreter and written by
+  hand as a Prefect flow (same activity, same server, same in-process executor), several
+  repetitions each, interleaved; prints both times (run duration as Prefect records it, and
+  create-to-completed wall time) and the ratio.
+- throughput: N runs of a 3-task definition through the in-process executor vs ``flow.serve`` in a
+  subprocess (a new Python process per run, what Prefect's stock workers do).
+- suspended: N runs suspend at an event wait; prints what one suspended run holds (executor tasks
+  in flight, process memory), the resume latency (event recorded -> the run takes it) and how
+  many suspended runs per second are resumed and completed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TEN = {
+    "name": "bench-ten",
+    "version": "1",
+    "configuration": {"onFailure": "fail"},
+    "startAt": "S1",
+    "states": {
+        f"S{i}": {
+            "type": "task",
+            "activity": "events.get",
+            "input": {"deviceId": "bench-device"},
+            "resultPath": f"$.state.s{i}",
+            **({"next": f"S{i + 1}"} if i < 10 else {"end": True}),
+        }
+        for i in range(1, 11)
+    },
+}
+THREE = {**TEN, "name": "bench-three", "states": {}}
+THREE["states"] = {
+    f"S{i}": {
+        "type": "task",
+        "activity": "events.get",
+        "input": {"deviceId": "bench-device"},
+        **({"next": f"S{i + 1}"} if i < 3 else {"end": True}),
+    }
+    for i in range(1, 4)
+}
+WAITING = {
+    "name": "bench-wait",
+    "version": "1",
+    "configuration": {"onFailure": "fail"},
+    "startAt": "Wait",
+    "states": {
+        "Wait": {
+            "type": "wait",
+            "event": {"name": "go", "timeoutSeconds": 3600, "timeoutNext": "Late"},
+            "next": "Step",
+        },
+        "Step": {
+            "type": "task",
+            "activity": "events.get",
+            "input": {"deviceId": "bench-device"},
+            "end": True,
+        },
+        "Late": {"type": "fail", "error": "Bench.Late"},
+    },
+}
+
+
+@task(persist_result=True)
+async def hand_step(index: int) -> dict[str, Any]:
+    from flows.runtime import get_resources
+
+    resources = await get_resources()
+    ctx = resources.activity_context.for_call(idempotency_key=None, state=f"S{index}")
+    return await resources.registry.call("events.get", ctx, {"deviceId": "bench-device"})
+
+
+@flow(name="bench-hand-written", persist_result=True)
+async def hand_written() -> dict[str, Any]:
+    """The 10-state workflow written by hand: ten tasks in sequence, results kept."""
+    state: dict[str, Any] = {}
+    for index in range(1, 11):
+        state[f"s{index}"] = await hand_step.with_options(task_run_name=f"S{index}")(index)
+    return state
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Bench:
+    def __init__(self, app_url: str, definitions: Path) -> None:
+        self.app_url = app_url
+        self.definitions = definitions
+        self.ids: dict[str, uuid.UUID] = {}
+
+    async def __aenter__(self) -> Bench:
+        from flows import runtime
+        from flows.executor import Executor, deploy
+        from flows.workflow import run_workflow
+
+        runtime.configure(database_url=self.app_url)
+        await runtime.get_resources()
+        self.ids["interp"] = await deploy(run_workflow, "bench")
+        self.ids["hand"] = await deploy(hand_written, "bench")
+        self.executor = Executor(
+            {self.ids["interp"]: run_workflow, self.ids["hand"]: hand_written},
+            concurrency=200,
+            poll_seconds=0.1,
+            resumer_tick_seconds=0.2,
+        )
+        self.task = asyncio.create_task(self.executor.run())
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        from flows import runtime
+
+        self.executor.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        await runtime.reset()
+
+    async def create(self, kind: str, parameters: dict[str, Any] | None = None) -> uuid.UUID:
+        """Create a run named and tagged at creation, as the CLI and the router do."""
+        from prefect.client.orchestration import get_client
+
+        from flows.workflow import run_name, run_tags
+
+        parameters = parameters or {}
+        options: dict[str, Any] = {}
+        if kind == "interp":
+            name = Path(parameters["workflow"]).stem
+            device = parameters.get("device_id")
+            version = "1"
+            options = {
+                "name": run_name(name, device, uuid.uuid4().hex),
+                "tags": run_tags(name, device, version),
+            }
+        async with get_client() as client:
+            flow_run = await client.create_flow_run_from_deployment(
+                self.ids[kind], parameters=parameters, **options
+            )
+        return flow_run.id
+
+    def workflow(self, document: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        path = self.definitions / f"{document['name']}.json"
+        if not path.exists():
+            path.write_text(json.dumps(document))
+        return {"workflow": str(path), "input": {}, **extra}
+
+    async def wait_final(self, run_ids: list[uuid.UUID], deadline: float = 600) -> list[Any]:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        end = time.monotonic() + deadline
+        async with get_client() as client:
+            while time.monotonic() < end:
+                runs = await client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_ids)),
+                    limit=len(run_ids),
+                )
+                if len(runs) == len(run_ids) and all(r.state and r.state.is_final() for r in runs):
+                    bad = [r for r in runs if not r.state.is_completed()]
+                    if bad:
+                        raise RuntimeError(f"{len(bad)} runs did not complete: {bad[0].state}")
+                    return runs
+                await asyncio.sleep(0.1)
+        raise TimeoutError("runs did not finish in time")
+
+    async def wait_paused(self, run_ids: list[uuid.UUID], deadline: float = 600) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        end = time.monotonic() + deadline
+        async with get_client() as client:
+            while time.monotonic() < end:
+                runs = await client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_ids)),
+                    limit=len(run_ids),
+                )
+                if len(runs) == len(run_ids) and all(r.state and r.state.is_paused() for r in runs):
+                    return
+                await asyncio.sleep(0.2)
+        raise TimeoutError("runs did not suspend in time")
+
+    # --- the benchmarks ---------------------------------------------------------------------
+
+    async def compare(self, reps: int) -> None:
+        durations: dict[str, list[float]] = {"interp": [], "hand": []}
+        walls: dict[str, list[float]] = {"interp": [], "hand": []}
+        params = {"interp": self.workflow(TEN), "hand": {}}
+        for kind in ("interp", "hand"):  # warm-up: imports, caches, first deployment reads
+            await self.wait_final([await self.create(kind, params[kind])])
+        for _ in range(reps):
+            for kind in ("interp", "hand"):
+                started = time.perf_counter()
+                run_id = await self.create(kind, params[kind])
+                (run,) = await self.wait_final([run_id])
+                walls[kind].append(time.perf_counter() - started)
+                durations[kind].append(run.total_run_time.total_seconds())
+        i, h = statistics.median(durations["interp"]), statistics.median(durations["hand"])
+        wi, wh = statistics.median(walls["interp"]), statistics.median(walls["hand"])
+        print(f"compare: 10-state workflow, {reps} repetitions each, medians")
+        print(f"  run time      interpreter {i * 1000:7.1f} ms   hand-written {h * 1000:7.1f} ms")
+        print(f"  ratio (run time)        {i / h:.2f}x   (target <= 1.10x)")
+        print(f"  create->done  interpreter {wi * 1000:7.1f} ms   hand-written {wh * 1000:7.1f} ms")
+        print(f"  ratio (create->done)    {wi / wh:.2f}x")
+
+    async def throughput(self, runs: int) -> float:
+        params = self.workflow(THREE)
+        await self.wait_final([await self.create("interp", params)])
+        started = time.perf_counter()
+        ids = [await self.create("interp", params) for _ in range(runs)]
+        await self.wait_final(ids)
+        rate = runs / (time.perf_counter() - started)
+        print(f"throughput: {runs} runs of a 3-task definition")
+        print(f"  in-process executor     {rate:6.2f} runs/s")
+        return rate
+
+    async def suspended(self, runs: int) -> None:
+        from flows.runtime import get_resources
+        from store.events import DeviceEvent
+
+        resources = await get_resources()
+        devices = [f"bench-{uuid.uuid4().hex[:10]}" for _ in range(runs)]
+        params = [self.workflow(WAITING, device_id=device) for device in devices]
+        before = rss_mb()
+        ids = [await self.create("interp", p) for p in params]
+        await self.wait_paused(ids)
+        print(f"suspended: {runs} runs waiting for an event")
+        print(
+            f"  held while waiting: {self.executor.in_flight} executor tasks, no process; "
+            f"executor max RSS {rss_mb():.0f} MB (+{rss_mb() - before:.0f} MB over the batch)"
+        )
+        # Latency of one: record its event, time until the run has completed its next step.
+        started = time.perf_counter()
+        await resources.events.record(
+            DeviceEvent(device_id=devices[0], event_id=uuid.uuid4().hex, name="go")
+        )
+        await self.wait_final(ids[:1])
+        latency = time.perf_counter() - started
+        print(f"  resume latency (event recorded -> run completed) {latency:.2f} s")
+        started = time.perf_counter()
+        for device in devices[1:]:
+            await resources.events.record(
+                DeviceEvent(device_id=device, event_id=uuid.uuid4().hex, name="go")
+            )
+        await self.wait_final(ids[1:])
+        rate = (runs - 1) / (time.perf_counter() - started)
+        print(f"  resumed and completed   {rate:6.2f} runs/s")
+
+
+async def serve_throughput(runs: int, definitions: Path, app_url: str, env: dict[str, str]) -> None:
+    """The stock path: ``flow.serve`` in a subprocess, a new Python process per run."""
+    from prefect.client.orchestration import get_client
+
+    path = definitions / "bench-three.json"
+    code = (
+        "from flows.workflow import run_workflow\n"
+        f"run_workflow.serve(name='bench-serve', limit={runs})\n"
+    )
+    child_env = {**os.environ, **env, "ORCH_DB_URL": app_url, "PYTHONPATH": str(ROOT)}
+    child_env["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    process = subprocess.Popen(  # noqa: ASYNC220 - started once, before the measurement
+        [sys.executable, "-c", code], env=child_env, cwd=ROOT, start_new_session=True
+    )
+    try:
+        async with get_client() as client:
+            deployment = None
+            end = time.monotonic() + 120
+            while deployment is None and time.monotonic() < end:
+                with contextlib.suppress(Exception):
+                    deployment = await client.read_deployment_by_name("run-workflow/bench-serve")
+                if deployment is None:
+                    await asyncio.sleep(0.5)
+            if deployment is None:
+                raise TimeoutError("serve did not register its deployment")
+            params = {"workflow": str(path), "input": {}}
+            started = time.perf_counter()
+            ids = []
+            for _ in range(runs):
+                flow_run = await client.create_flow_run_from_deployment(
+                    deployment.id, parameters=params
+                )
+                ids.append(flow_run.id)
+        bench = Bench.__new__(Bench)
+        await bench.wait_final(ids)
+        rate = runs / (time.perf_counter() - started)
+        print(f"  flow.serve (process/run) {rate:6.2f} runs/s")
+    finally:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "which", nargs="?", default="all", choices=["compare", "throughput", "suspended", "all"]
+    )
+    parser.add_argument("--reps", type=int, default=5, help="repetitions for compare")
+    parser.add_argument("--runs", type=int, default=30, help="runs for throughput/suspended")
+    args = parser.parse_args()
+
+    from tests.support.postgres import start_postgres
+    from tests.support.prefect_server import start_prefect_server
+
+    postgres = start_postgres()
+    if isinstance(postgres, str):
+        raise SystemExit(f"bench needs PostgreSQL: {postgres}")
+    server = start_prefect_server(postgres)
+    os.environ.update(server.env)
+    os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "WARNING"
+    app_url = postgres.sqlalchemy_url(postgres.create_database("benchapp"))
+    definitions = Path(tempfile.mkdtemp(prefix="orch-bench-"))
+
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        PREFECT_LOCAL_STORAGE_PATH,
+        PREFECT_RESULTS_PERSIST_BY_DEFAULT,
+        temporary_settings,
+    )
+
+    async def run() -> None:
+        async with Bench(app_url, definitions) as bench:
+            if args.which in ("compare", "all"):
+                await bench.compare(args.reps)
+            if args.which in ("throughput", "all"):
+                await bench.throughput(args.runs)
+            if args.which in ("suspended", "all"):
+                await bench.suspended(args.runs)
+        if args.which in ("throughput", "all"):
+            await serve_throughput(args.runs, definitions, app_url, server.env)
+
+    try:
+        with temporary_settings(
+            updates={
+                PREFECT_API_URL: server.api_url,
+                PREFECT_HOME: server.home,
+                PREFECT_LOCAL_STORAGE_PATH: server.home / "results",
+                PREFECT_RESULTS_PERSIST_BY_DEFAULT: True,
+            }
+        ):
+            asyncio.run(run())
+    finally:
+        server.stop()
+        postgres.close()
+
+
+if __name__ == "__main__":
+    main()
