@@ -1,4 +1,4 @@
-"""Checks of what one state contains: paths, templates, result paths, conditions, waits, activities.
+"""Checks of what a state contains: paths, templates, conditions, waits, activities, retry policies.
 
 ``interpreter.validate`` walks the states and their graph and calls these for the contents. Every
 check appends ``Problem`` values to a ``Report`` and never raises: validation reports all it finds.
@@ -20,10 +20,12 @@ from interpreter.models import (
     Comparison,
     Condition,
     NotCondition,
+    RetryPolicy,
     WaitState,
 )
 from interpreter.paths import assign, compile_path, is_path
 from interpreter.problems import Problem, Severity, did_you_mean, pointer
+from interpreter.retry import WILDCARDS, matches_error
 
 __all__ = [
     "Report",
@@ -32,6 +34,7 @@ __all__ = [
     "check_condition",
     "check_path",
     "check_result_path",
+    "check_retry",
     "check_template",
     "check_wait",
 ]
@@ -41,7 +44,6 @@ _FIRST_SEGMENT = re.compile(r"^\$\.([A-Za-z_][A-Za-z0-9_]*)")
 _ORDERED = ("greaterThan", "greaterThanOrEquals", "lessThan", "lessThanOrEquals")
 _STRING_VALUE = ("startsWith", "endsWith", "matches")
 _FLAG_VALUE = ("isPresent", "isNull")
-_CATCH_ALL = frozenset({"*", "States.ALL"})
 
 
 class Report:
@@ -167,10 +169,39 @@ def check_catch(report: Report, catch: list[CatchRule], where: str) -> None:
                 f"catch rule {catch_all_at} matches every error, so this rule is never used",
                 hint="put the catch-all rule ('*' or 'States.ALL') last",
             )
-        elif _CATCH_ALL.intersection(rule.errors):
+        elif WILDCARDS.intersection(rule.errors):
             catch_all_at = i
         if rule.error_path is not None:
             check_result_path(report, rule.error_path, at + pointer("errorPath"))
+
+
+def check_retry(report: Report, policy: RetryPolicy, where: str) -> None:
+    """Settings of a retry policy that contradict each other (warnings: the policy still works)."""
+    cap, interval = policy.max_interval_seconds, policy.interval_seconds
+    if cap is not None and cap < interval:
+        report.warn(
+            "max-interval-below-interval",
+            where + pointer("maxIntervalSeconds"),
+            f"maxIntervalSeconds ({cap:g}) is lower than intervalSeconds ({interval:g}), so every "
+            f"retry waits {cap:g} seconds and backoffRate has no effect",
+            hint="raise maxIntervalSeconds or lower intervalSeconds",
+        )
+    for i, name in enumerate(policy.retry_on or []):
+        if not matches_error(policy.do_not_retry_on, name):
+            continue
+        wildcard = sorted(WILDCARDS.intersection(policy.do_not_retry_on))
+        if wildcard:
+            why = f"doNotRetryOn holds {wildcard[0]!r}"
+            hint = f"{wildcard[0]!r} in doNotRetryOn turns every retry off; name the errors instead"
+        else:
+            why = f"{name!r} is also in doNotRetryOn"
+            hint = f"remove {name!r} from retryOn or from doNotRetryOn"
+        report.warn(
+            "retry-on-and-do-not-retry-on",
+            where + pointer("retryOn", i),
+            f"{why}, which wins over retryOn: {name!r} is never retried",
+            hint=hint,
+        )
 
 
 def check_wait(report: Report, state: WaitState, where: str) -> None:

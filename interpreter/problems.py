@@ -61,6 +61,8 @@ CODES: dict[str, str] = {
     "unused-compensation": "a compensate spec that nothing will ever run",
     "nothing-to-compensate": "a compensation state names a state that has no compensate spec",
     "unreachable-catch": "a catch rule after a catch-all '*' rule is never used",
+    "max-interval-below-interval": "a retry's maxIntervalSeconds is lower than its intervalSeconds",
+    "retry-on-and-do-not-retry-on": "a retryOn name that doNotRetryOn also matches",
 }
 
 

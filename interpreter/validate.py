@@ -19,6 +19,7 @@ from interpreter.checks import (
     check_condition,
     check_path,
     check_result_path,
+    check_retry,
     check_template,
     check_wait,
 )
@@ -131,6 +132,9 @@ class _Validator:
                 "/states",
                 f"the definition has {total} states (branches included); the limit is {MAX_STATES}",
             )
+        default_retry = self.definition.configuration.default_retry
+        if default_retry is not None:
+            check_retry(self.report, default_retry, pointer("configuration", "defaultRetry"))
         for scope in self.scopes:
             self._scope(scope)
         self._compensations()
@@ -204,6 +208,8 @@ class _Validator:
                 check_result_path(report, state.result_path, at + pointer("resultPath"))
             if state.idempotency_key is not None:
                 check_template(report, state.idempotency_key, at + pointer("idempotencyKey"))
+            if state.retry is not None:
+                check_retry(report, state.retry, at + pointer("retry"))
             check_catch(report, state.catch, at)
             if state.compensate is not None:
                 where = at + pointer("compensate")

@@ -10,6 +10,10 @@ REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "definitions"
 VALID = sorted((FIXTURES / "valid").glob("*.json"))
 INVALID = sorted(p for p in (FIXTURES / "invalid").glob("*.json") if not p.stem.endswith(".expect"))
+#: Valid definitions that draw warnings only; their .expect.json also gives each problem's severity.
+WARNINGS = sorted(
+    p for p in (FIXTURES / "warnings").glob("*.json") if not p.stem.endswith(".expect")
+)
 SAMPLES = sorted(p for p in (REPO / "definitions").glob("*.json") if p.name != "schema.json")
 
 #: The built-in activity names of docs/CONTRACTS.md.

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from interpreter.limits import MAX_DOCUMENT_BYTES
 from interpreter.schema import schema_text
-from tests.unit.definition_cases import INVALID, REPO, SAMPLES, VALID, expected
+from tests.unit.definition_cases import INVALID, REPO, SAMPLES, VALID, WARNINGS, expected
 
 runner = CliRunner()
 ONBOARDING = str(REPO / "definitions" / "device-onboarding.json")
@@ -85,6 +85,19 @@ def test_strict_turns_warnings_into_failure(tmp_path: Path) -> None:
     relaxed = runner.invoke(app, ["validate", str(path)])
     assert relaxed.exit_code == 0
     assert "warning wait-without-timeout" in relaxed.stdout
+    assert runner.invoke(app, ["validate", "--strict", str(path)]).exit_code == 1
+
+
+@pytest.mark.parametrize("path", WARNINGS, ids=lambda p: p.name)
+def test_each_warning_fixture_passes_unless_strict(path: Path) -> None:
+    relaxed = runner.invoke(app, ["validate", "--output", "json", str(path)])
+    assert relaxed.exit_code == 0, relaxed.output
+    [file] = json.loads(relaxed.stdout)["files"]
+    found = [
+        {"code": p["code"], "pointer": p["pointer"], "severity": p["severity"]}
+        for p in file["problems"]
+    ]
+    assert found == expected(path)
     assert runner.invoke(app, ["validate", "--strict", str(path)]).exit_code == 1
 
 

@@ -10,7 +10,15 @@ import pytest
 from interpreter import DefinitionInvalidError, load_definition, read_definition
 from interpreter.problems import CODES, Problem
 from interpreter.validate import require_valid, validate
-from tests.unit.definition_cases import BUILTIN_ACTIVITIES, INVALID, SAMPLES, VALID, doc, expected
+from tests.unit.definition_cases import (
+    BUILTIN_ACTIVITIES,
+    INVALID,
+    SAMPLES,
+    VALID,
+    WARNINGS,
+    doc,
+    expected,
+)
 
 S = {"type": "succeed"}
 
@@ -37,6 +45,17 @@ def test_invalid_fixture_gives_exactly_its_codes_and_pointers(path: Path) -> Non
     assert [{"code": p.code, "pointer": p.pointer} for p in problems] == expected(path)
     assert all(p.code in CODES for p in problems)
     assert all(p.message for p in problems)
+
+
+@pytest.mark.parametrize("path", WARNINGS, ids=lambda p: p.name)
+def test_warning_fixture_gives_exactly_its_warnings_and_stays_valid(path: Path) -> None:
+    problems = problems_of(path.read_bytes())
+    found = [{"code": p.code, "pointer": p.pointer, "severity": p.severity} for p in problems]
+    assert found == expected(path)
+    assert all(p.code in CODES and p.message and p.hint for p in problems)
+    assert require_valid(load_definition(path.read_bytes()), activities=BUILTIN_ACTIVITIES) == (
+        problems
+    )
 
 
 def test_every_state_type_and_operator_appears_in_a_valid_definition() -> None:
@@ -203,3 +222,51 @@ def test_catastrophic_regex_is_refused_quickly() -> None:
         "invalid-regex",
         "/states/A/choices/0/condition/value",
     )
+
+
+def _retry_warnings(retry: dict[str, Any]) -> list[Problem]:
+    return problems_of(doc({"A": task(retry=retry, end=True)}))
+
+
+def test_max_interval_below_interval_names_both_values() -> None:
+    [problem] = _retry_warnings({"intervalSeconds": 10, "maxIntervalSeconds": 2.5})
+    assert (problem.code, problem.severity) == ("max-interval-below-interval", "warning")
+    assert problem.pointer == "/states/A/retry/maxIntervalSeconds"
+    assert "maxIntervalSeconds (2.5)" in problem.message
+    assert "intervalSeconds (10)" in problem.message
+
+
+@pytest.mark.parametrize(
+    "retry",
+    [
+        {"intervalSeconds": 5, "maxIntervalSeconds": 5},  # equal: a constant delay, as asked
+        {"intervalSeconds": 1, "maxIntervalSeconds": 30},
+        {"intervalSeconds": 5},
+        {"retryOn": ["*"], "doNotRetryOn": ["Http.Status4xx"]},  # retry all but one: the usual
+        {"retryOn": ["States.ALL"], "doNotRetryOn": ["States.InvalidInput"]},
+        {"retryOn": ["Http.Status5xx"], "doNotRetryOn": ["Http.Status4xx"]},
+        {"retryOn": [], "doNotRetryOn": ["*"]},
+    ],
+)
+def test_consistent_retry_policies_draw_no_warning(retry: dict[str, Any]) -> None:
+    assert _retry_warnings(retry) == []
+
+
+def test_a_name_in_both_retry_lists_warns_at_its_retry_on_entry() -> None:
+    [problem] = _retry_warnings({"retryOn": ["A.B", "C.D"], "doNotRetryOn": ["C.D"]})
+    assert (problem.code, problem.pointer) == (
+        "retry-on-and-do-not-retry-on",
+        "/states/A/retry/retryOn/1",
+    )
+    assert "'C.D' is also in doNotRetryOn" in problem.message
+    assert "never retried" in problem.message
+
+
+@pytest.mark.parametrize("wildcard", ["*", "States.ALL"])
+def test_a_wildcard_in_do_not_retry_on_overrides_every_retry_on_name(wildcard: str) -> None:
+    problems = _retry_warnings({"retryOn": ["A.B", "*"], "doNotRetryOn": [wildcard]})
+    assert [(p.code, p.pointer) for p in problems] == [
+        ("retry-on-and-do-not-retry-on", "/states/A/retry/retryOn/0"),
+        ("retry-on-and-do-not-retry-on", "/states/A/retry/retryOn/1"),
+    ]
+    assert f"doNotRetryOn holds {wildcard!r}" in problems[0].message
