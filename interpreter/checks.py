@@ -182,8 +182,8 @@ def check_retry(report: Report, policy: RetryPolicy, where: str) -> None:
         report.warn(
             "max-interval-below-interval",
             where + pointer("maxIntervalSeconds"),
-            f"maxIntervalSeconds ({cap:g}) is lower than intervalSeconds ({interval:g}), so every "
-            f"retry waits {cap:g} seconds and backoffRate has no effect",
+            f"maxIntervalSeconds ({cap:g}) is lower than intervalSeconds ({interval:g}): every "
+            f"delay is capped at {cap:g}s from the first retry on, so backoffRate has no effect",
             hint="raise maxIntervalSeconds or lower intervalSeconds",
         )
     for i, name in enumerate(policy.retry_on or []):
