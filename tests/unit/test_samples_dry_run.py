@@ -62,7 +62,7 @@ INSTALL_REFUSED: Trail = [
     ("InstallModules/0/Install", "succeeded"),
     ("InstallModules/1/Install", "failed: Http.Status4xx"),
     ("InstallModules", "failed: Http.Status4xx"),
-    ("UpdateFailed", "failed: FirmwareUpdateFailed"),
+    ("UpdateFailed", "compensated 1"),
 ]
 DECOMMISSIONED: Trail = [
     ("WaitForSchedule", "elapsed"),
@@ -179,14 +179,15 @@ def test_firmware_update_polls_until_the_device_reports_the_new_version() -> Non
     assert result.trail[-1].at == datetime(2025, 1, 1, 0, 6, 1, tzinfo=UTC)
 
 
-def test_refused_install_is_caught_and_the_fail_state_compensates_nothing() -> None:
+def test_refused_install_is_caught_and_the_update_record_rolled_back() -> None:
     result = dry_run("firmware-update.install-refused.mocks.json")
     assert result.data["state"]["error"] == {
         "error": "Http.Status4xx",
         "cause": "404: unknown module",
     }
-    # UpdateFailed is a fail state: a deliberate ending that runs no compensation (README)
-    assert calls(result, "compensation") == []
+    # UpdateFailed is a compensation state without next: undo RecordUpdate, then fail.
+    assert [path for path, _, _ in calls(result, "compensation")] == ["RecordUpdate"]
+    assert result.error == "FirmwareUpdateFailed"
 
 
 def test_decommission_waits_for_its_schedule_and_retention_date() -> None:
