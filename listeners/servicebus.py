@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from azure.servicebus import NEXT_AVAILABLE_SESSION
@@ -40,7 +41,7 @@ from listeners.settings import ServiceBusSettings
 if TYPE_CHECKING:
     from azure.servicebus import ServiceBusReceivedMessage
 
-__all__ = ["ServiceBusListener", "make_client", "to_incoming"]
+__all__ = ["ServiceBusListener", "listen", "make_client", "to_incoming"]
 
 log = logging.getLogger(__name__)
 
@@ -204,11 +205,16 @@ class ServiceBusListener:
                 settings.queue_name,
                 session_id=NEXT_AVAILABLE_SESSION,
                 max_wait_time=settings.max_wait_time,
-                auto_lock_renewer=renewer,
             )
             try:
                 async with asyncio.timeout(settings.max_wait_time + settings.operation_timeout):
                     await receiver.__aenter__()
+                session = receiver.session
+                # With no session available the link can attach without one (no id, no lock):
+                # that is "nothing to do", like OperationTimeoutError.
+                if not isinstance(session.session_id, str) or session.locked_until_utc is None:
+                    raise OperationTimeoutError(message="no session available")
+                renewer.register(receiver, session, max_lock_renewal_duration=self._lock_renewal)
             except (OperationTimeoutError, SessionCannotBeLockedError):
                 await self._close(receiver)
                 continue  # no session with messages (or it was taken): ask again
@@ -231,7 +237,7 @@ class ServiceBusListener:
 
     async def _drain(self, receiver: ServiceBusReceiver, index: int) -> None:
         settings = self._settings
-        session_id = receiver.session.session_id if receiver.session else "?"
+        session_id = str(receiver.session.session_id)
         self._lost_sessions.discard(session_id)
         log.debug("accepted session %s", session_id)
         while not self._stop.is_set():
@@ -308,3 +314,36 @@ class ServiceBusListener:
         """Back off after a broker failure, but wake at once on stop."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), timeout=RETRY_BACKOFF_SECONDS)
+
+
+async def listen(
+    settings: ServiceBusSettings,
+    ingress: Ingress,
+    *,
+    reconcile: Callable[[asyncio.Event], Coroutine[Any, Any, None]] | None = None,
+    ready: Callable[[ServiceBusListener], None] | None = None,
+) -> Counter[str]:
+    """Run the listener (and the reconciler beside it) until SIGTERM or SIGINT; drain; return
+    the listener's counts. This is ``orchestration listen``."""
+    listener = ServiceBusListener(settings, ingress)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, listener.stop)
+    log.info(
+        "listening on queue %s with %d session loops",
+        settings.queue_name,
+        settings.max_concurrent_sessions,
+    )
+    if ready is not None:
+        ready(listener)
+    reconciler = asyncio.create_task(reconcile(stop)) if reconcile is not None else None
+    try:
+        await listener.run()
+    finally:
+        stop.set()
+        if reconciler is not None:
+            await reconciler
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    return listener.stats
