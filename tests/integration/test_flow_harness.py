@@ -314,6 +314,9 @@ async def flow_system(prefect_server: Any, flow_database_url: str) -> AsyncItera
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(task, timeout=60)
             await runtime.reset()
+            from prefect.logging.handlers import APILogHandler
+
+            await APILogHandler.aflush()  # while the server is still up
 
 
 @pytest.mark.integration
