@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cli.testing",
     "cli.ops",
     "cli.running",
+    "cli.ingress",
 )
 
 app = typer.Typer(
