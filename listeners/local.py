@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from listeners.control import PrefectRunControl, RunControl
 from listeners.events import IncomingMessage
@@ -25,6 +25,9 @@ from listeners.outbox import Reconciler
 from listeners.pipeline import Ingress, Outcome
 from listeners.router import Router
 from listeners.settings import IngressSettings
+
+if TYPE_CHECKING:
+    from store.settings import DatabaseSettings
 
 __all__ = ["IngressRuntime", "LocalIngress", "event_message", "open_ingress"]
 
@@ -92,6 +95,7 @@ async def open_ingress(
     max_message_bytes: int = 256 * 1024,
     control: RunControl | None = None,
     max_events_per_device: int | None = None,
+    database_settings: DatabaseSettings | None = None,
 ) -> AsyncIterator[IngressRuntime]:
     """Connect the database (migrated), open a Prefect client unless ``control`` is given, and
     wire router, pipeline and reconciler."""
@@ -99,7 +103,7 @@ async def open_ingress(
     from store.events import DEFAULT_MAX_EVENTS_PER_DEVICE, EventStore
 
     async with AsyncExitStack() as stack:
-        db = await Database.connect(database_url)
+        db = await Database.connect(database_url, settings=database_settings)
         stack.push_async_callback(db.close)
         if control is None:
             control = await stack.enter_async_context(

@@ -23,7 +23,14 @@ from typing import Protocol
 from listeners.events import IncomingEvent, IncomingMessage, PoisonMessageError, parse_event
 from listeners.router import RecordStatus, RouteResult
 
-__all__ = ["OVERFLOW_REASON", "Disposition", "EventHandler", "Ingress", "Outcome"]
+__all__ = [
+    "OVERFLOW_REASON",
+    "Disposition",
+    "EventHandler",
+    "Ingress",
+    "MessageProcessor",
+    "Outcome",
+]
 
 log = logging.getLogger("listeners.ingress")
 
@@ -49,6 +56,12 @@ class EventHandler(Protocol):
     """The router, as the pipeline sees it."""
 
     async def handle(self, event: IncomingEvent, /) -> RouteResult: ...
+
+
+class MessageProcessor(Protocol):
+    """What a transport hands its messages to (``Ingress``, or a decorator of it)."""
+
+    async def process(self, message: IncomingMessage, /) -> Outcome: ...
 
 
 class Ingress:

@@ -35,7 +35,7 @@ from azure.servicebus.exceptions import (
 )
 
 from listeners.events import IncomingMessage
-from listeners.pipeline import Disposition, Ingress
+from listeners.pipeline import Disposition, MessageProcessor
 from listeners.settings import ServiceBusSettings
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ class ServiceBusListener:
     def __init__(
         self,
         settings: ServiceBusSettings,
-        ingress: Ingress,
+        ingress: MessageProcessor,
         *,
         client_factory: Callable[[ServiceBusSettings], tuple[ServiceBusClient, Any]] = make_client,
         lock_renewal_seconds: float = 300.0,
@@ -318,7 +318,7 @@ class ServiceBusListener:
 
 async def listen(
     settings: ServiceBusSettings,
-    ingress: Ingress,
+    ingress: MessageProcessor,
     *,
     reconcile: Callable[[asyncio.Event], Coroutine[Any, Any, None]] | None = None,
     ready: Callable[[ServiceBusListener], None] | None = None,

@@ -1,0 +1,250 @@
+"""Ingress throughput: record + start-or-route in one process, on PostgreSQL and a real Prefect.
+
+``main(args)`` (wired into ``python -m bench``) starts PostgreSQL (or uses the machine's), a Prefect
+server on it and an app database, registers an idle deployment (its runs are created but nobody
+executes them: after its first event every device is busy, the common case) and drives
+``devices x events`` events through
+
+- ``local``: ``LocalIngress.send``, the same pipeline as the listener after the transport, with
+  ``--concurrency`` workers each owning a set of devices (per-device order kept, as sessions do);
+- ``servicebus``: the fake broker from ``../shared`` and the real SDK: everything is sent first,
+  then the listener with ``--sessions`` session loops drains it.
+
+It prints events/s, p50/p99 latency of one event (parse + record + route; for Service Bus without
+settlement), and checks the counts: every event stored once, one run per device, nothing deferred.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from listeners.events import IncomingMessage
+from listeners.local import IngressRuntime, event_message, open_ingress
+from listeners.pipeline import Disposition, Ingress, Outcome
+from listeners.settings import IngressSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--events", type=int, default=200, help="events per device")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--transport", choices=["local", "servicebus", "both"], default="both")
+    parser.add_argument("--sb-devices", type=int, default=200)
+    parser.add_argument("--sb-events", type=int, default=20)
+    parser.add_argument("--sessions", type=int, default=16)
+
+
+class Timed:
+    """``Ingress`` with a stopwatch around each message."""
+
+    def __init__(self, ingress: Ingress) -> None:
+        self.ingress = ingress
+        self.latencies: list[float] = []
+        self.outcomes: Counter[str] = Counter()
+
+    async def process(self, message: IncomingMessage) -> Outcome:
+        started = time.perf_counter()
+        outcome = await self.ingress.process(message)
+        self.latencies.append(time.perf_counter() - started)
+        if outcome.result is not None:
+            self.outcomes[f"{outcome.result.recorded.value}/{outcome.result.action.value}"] += 1
+        else:
+            self.outcomes[outcome.disposition.value] += 1
+        return outcome
+
+
+def summary(label: str, total: int, seconds: float, latencies: list[float]) -> dict[str, Any]:
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else 0.0
+    data = {
+        "transport": label,
+        "events": total,
+        "seconds": round(seconds, 2),
+        "eventsPerSecond": round(total / seconds, 1) if seconds else 0.0,
+        "p50ms": round(statistics.median(ordered) * 1000, 2) if ordered else 0.0,
+        "p99ms": round(p99 * 1000, 2),
+    }
+    print(
+        f"{label:>10}: {total} events in {data['seconds']} s = {data['eventsPerSecond']} events/s;"
+        f" p50 {data['p50ms']} ms, p99 {data['p99ms']} ms"
+    )
+    return data
+
+
+async def check_counts(
+    rt: IngressRuntime, db_url: str, prefix: str, devices: int, events: int, deployment: str
+) -> None:
+    """Nothing lost, nothing duplicated: stored events, device runs, Prefect runs, outbox."""
+    import asyncpg
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    dsn = db_url.replace("postgresql+asyncpg://", "postgresql://")
+    connection = await asyncpg.connect(dsn)
+    try:
+        stored = await connection.fetchval(
+            "SELECT count(*) FROM device_events WHERE device_id LIKE $1", f"{prefix}%"
+        )
+        distinct = await connection.fetchval(
+            "SELECT count(DISTINCT (device_id, event_id)) FROM device_events "
+            "WHERE device_id LIKE $1",
+            f"{prefix}%",
+        )
+        runs = await connection.fetchval(
+            "SELECT count(*) FROM device_runs WHERE device_id LIKE $1 AND run_id IS NOT NULL",
+            f"{prefix}%",
+        )
+        pending = await connection.fetchval(
+            "SELECT count(*) FROM route_outbox WHERE device_id LIKE $1 AND status = 'pending'",
+            f"{prefix}%",
+        )
+    finally:
+        await connection.close()
+    async with get_client() as client:
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+        prefect_runs = 0
+        for index in range(devices):
+            prefect_runs += await client.count_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    tags=FlowRunFilterTags(all_=[f"device:{prefix}{index}"])
+                ),
+                deployment_filter=DeploymentFilter(
+                    name=DeploymentFilterName(any_=[deployment.split("/")[1]])
+                ),
+            )
+    expected = devices * events
+    ok = stored == distinct == expected and runs == devices == prefect_runs and pending == 0
+    print(
+        f"{'':>10}  counts: stored {stored}/{expected} (distinct {distinct}), device runs {runs},"
+        f" Prefect runs {prefect_runs} for {devices} devices, outbox pending {pending}"
+        f" -> {'OK' if ok else 'MISMATCH'}"
+    )
+    if not ok:
+        raise SystemExit("ingress bench: counts do not match")
+
+
+async def run_local(rt: IngressRuntime, args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    timed = Timed(rt.ingress)
+
+    async def worker(index: int) -> None:
+        owned = range(index, args.devices, args.concurrency)
+        for n in range(args.events):
+            for d in owned:
+                message = event_message(
+                    f"{prefix}{d}", "telemetry", {"n": n}, event_id=f"{prefix}{d}-{n}"
+                )
+                outcome = await timed.process(message)
+                if outcome.disposition is not Disposition.COMPLETE:
+                    raise SystemExit(f"unexpected outcome {outcome}")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(min(args.concurrency, args.devices))))
+    elapsed = time.perf_counter() - started
+    print(f"{'':>10}  outcomes: {dict(timed.outcomes)}")
+    return summary("local", args.devices * args.events, elapsed, timed.latencies)
+
+
+async def run_servicebus(
+    rt: IngressRuntime, args: argparse.Namespace, prefix: str, shared: Path
+) -> dict[str, Any]:
+    from azure.servicebus import ServiceBusMessage
+    from azure.servicebus.aio import ServiceBusClient
+    from pydantic import SecretStr
+
+    from listeners.servicebus import ServiceBusListener
+    from listeners.settings import ServiceBusSettings
+    from tests.support.fake_servicebus import start_broker
+
+    broker = start_broker(shared, Path(os.environ.get("TMPDIR", "/tmp")), lock_duration=30)
+    total = args.sb_devices * args.sb_events
+    try:
+        async with (
+            ServiceBusClient.from_connection_string(broker.connection_string) as client,
+            client.get_queue_sender(broker.queue) as sender,
+        ):
+            for d in range(args.sb_devices):
+                device = f"{prefix}{d}"
+                batch = []
+                for n in range(args.sb_events):
+                    message = event_message(device, "telemetry", {"n": n}, event_id=f"{device}-{n}")
+                    batch.append(
+                        ServiceBusMessage(
+                            message.body, session_id=device, message_id=message.message_id
+                        )
+                    )
+                await sender.send_messages(batch)
+        timed = Timed(rt.ingress)
+        settings = ServiceBusSettings(
+            connection_string=SecretStr(broker.connection_string),
+            queue_name=broker.queue,
+            max_concurrent_sessions=args.sessions,
+            max_wait_time=1.0,
+        )
+        listener = ServiceBusListener(settings, timed)
+        started = time.perf_counter()
+        task = asyncio.create_task(listener.run())
+        while listener.stats["complete"] < total:
+            if task.done():
+                raise SystemExit("the listener stopped early")
+            await asyncio.sleep(0.1)
+        elapsed = time.perf_counter() - started
+        listener.stop()
+        await task
+        print(f"{'':>10}  outcomes: {dict(timed.outcomes)}; listener: {dict(listener.stats)}")
+        return summary("servicebus", total, elapsed, timed.latencies)
+    finally:
+        broker.stop()
+
+
+async def main(args: argparse.Namespace) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from store.settings import DatabaseSettings
+    from tests.support.ingress_probe import FLOW_NAME, ingress_probe
+    from tests.support.postgres import start_postgres
+    from tests.support.prefect_server import start_prefect_server
+
+    # The test-support helpers run their own event loops: keep them off this one.
+    postgres = await asyncio.to_thread(start_postgres)
+    if isinstance(postgres, str):
+        raise SystemExit(postgres)
+    server = await asyncio.to_thread(start_prefect_server, postgres)
+    try:
+        os.environ.update(server.env)
+        database = await asyncio.to_thread(postgres.create_database, "benchingress")
+        db_url = postgres.sqlalchemy_url(database)
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            deployment = await ingress_probe.ato_deployment(name="bench-idle")
+            await deployment.aapply()
+            name = f"{FLOW_NAME}/bench-idle"
+            settings = IngressSettings(workflow="bench", deployment=name, prefect_timeout=30)
+            pool = DatabaseSettings(url=db_url, pool_size=args.concurrency, max_overflow=8)
+            async with open_ingress(
+                database_url=db_url, settings=settings, database_settings=pool
+            ) as rt:
+                if args.transport in ("local", "both"):
+                    await run_local(rt, args, "bl-")
+                    await check_counts(rt, db_url, "bl-", args.devices, args.events, name)
+                if args.transport in ("servicebus", "both"):
+                    shared = Path(os.environ.get("ORCH_SHARED_DIR", ROOT.parent / "shared"))
+                    await run_servicebus(rt, args, "bs-", shared)
+                    await check_counts(rt, db_url, "bs-", args.sb_devices, args.sb_events, name)
+    finally:
+        server.stop()
+        await asyncio.to_thread(postgres.close)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_arguments(parser)
+    asyncio.run(main(parser.parse_args()))
