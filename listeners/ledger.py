@@ -105,6 +105,36 @@ class SqlRunLedger:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    async def snapshot(self, device_id: str, event_name: str) -> tuple[DeviceRun | None, set[str]]:
+        """The device's run and which of its runs wait for ``event_name``, in one statement.
+
+        This is the read on every event's path, so it is one round trip: on PostgreSQL a single
+        autocommit statement (no BEGIN/COMMIT); SQLite goes through the store's read transaction.
+        """
+        query = (
+            select(_R, _W.c.run_id.label("waiting"))
+            .select_from(
+                _R.outerjoin(
+                    _W,
+                    (_W.c.run_id == _R.c.run_id)
+                    & (_W.c.device_id == _R.c.device_id)
+                    & (_W.c.event_name == event_name)
+                    & _W.c.resolved_at.is_(None),
+                )
+            )
+            .where(_R.c.device_id == device_id)
+        )
+        if self._db.dialect == "postgresql":
+            async with self._db.engine.connect() as connection:
+                autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                rows = list(await autocommit.execute(query))
+        else:
+            async with self._db.transaction(readonly=True) as connection:
+                rows = list(await connection.execute(query))
+        if not rows:
+            return None, set()
+        return _run(rows[0]), {row.waiting for row in rows if row.waiting is not None}
+
     async def current(self, device_id: str) -> DeviceRun | None:
         async with self._db.transaction(readonly=True) as connection:
             row = (await connection.execute(select(_R).where(_R.c.device_id == device_id))).first()

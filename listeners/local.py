@@ -117,7 +117,6 @@ async def open_ingress(
         router = Router(
             events=events,
             ledger=ledger,
-            waits=waits,
             control=control,
             workflow=settings.workflow,
             workflow_version=settings.workflow_version,

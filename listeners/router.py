@@ -132,6 +132,10 @@ class RunLedger(Protocol):
 
     async def current(self, device_id: str) -> DeviceRun | None: ...
 
+    async def snapshot(self, device_id: str, event_name: str) -> tuple[DeviceRun | None, set[str]]:
+        """``current`` plus the ids of runs with an open wait for ``event_name`` (one read)."""
+        ...
+
     async def claim_start(
         self,
         device_id: str,
@@ -190,7 +194,6 @@ class Router:
         *,
         events: EventLog,
         ledger: RunLedger,
-        waits: WaitIndex,
         control: RunControl,
         workflow: str,
         workflow_version: str | None = None,
@@ -198,7 +201,6 @@ class Router:
     ) -> None:
         self._events = events
         self._ledger = ledger
-        self._waits = waits
         self._control = control
         self.workflow = workflow
         self.workflow_version = workflow_version
@@ -213,7 +215,9 @@ class Router:
         recorded = await self._events.record(event)
         if recorded is RecordStatus.OVERFLOW:
             return self._result(event, recorded, RouteAction.REFUSED, detail="device event limit")
-        current = await self._ledger.current(event.device_id)
+        # Read after the record committed: a run registers its wait before it looks for the event
+        # in the store, so either it finds the event or this read finds its wait.
+        current, waiting = await self._ledger.snapshot(event.device_id, event.name)
         run_key = run_key_for(event)
         if current is not None and current.finished and current.run_key == run_key:
             # A late redelivery of the event that started the device's last run: done already.
@@ -228,7 +232,6 @@ class Router:
             return self._result(event, recorded, RouteAction.STARTED, current.run_id, "already")
         if current.run_id is None:
             return self._result(event, recorded, RouteAction.BUSY, detail="a start is pending")
-        waiting = await self._waits.waiting_runs(event.device_id, event.name)
         if current.run_id in waiting:
             return await self._resume(event, recorded, current.run_id)
         return self._result(event, recorded, RouteAction.BUSY, current.run_id)
