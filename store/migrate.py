@@ -8,6 +8,8 @@ lock taken inside the migration transaction, SQLite with its write lock (``BEGIN
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from pathlib import Path
 
 from alembic import command
@@ -20,6 +22,22 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store.db import create_engine, normalize_url
 from store.settings import DatabaseSettings
+
+# alembic keeps its running environment in module globals (``alembic.context``), so two upgrades
+# interleaving on one event loop corrupt each other: within a process they take turns. Across
+# processes the database-level locks described above apply.
+_upgrade_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _upgrade_lock() -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    lock = _upgrade_locks.get(loop)
+    if lock is None:
+        lock = _upgrade_locks[loop] = asyncio.Lock()
+    return lock
+
 
 __all__ = ["alembic_config", "current_revision", "head_revision", "migrate", "upgrade_engine"]
 
@@ -56,7 +74,7 @@ def _current(connection: Connection) -> str | None:
 
 async def upgrade_engine(engine: AsyncEngine) -> None:
     """Run the migrations to head on ``engine`` (a no-op when already at head)."""
-    async with engine.connect() as connection:
+    async with _upgrade_lock(), engine.connect() as connection:
         await connection.run_sync(_upgrade)
         await connection.commit()
 
