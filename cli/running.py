@@ -189,6 +189,7 @@ async def execute_run(
 
     text = await asyncio.to_thread(definition.read_text, encoding="utf-8")
     workflow = json.loads(text).get("name", definition.stem)
+    digest = await _pin(text)
     add_transition_listener(progress)
     deployment_id = await deploy(run_workflow, "local")
     executor = Executor({deployment_id: run_workflow}, poll_seconds=0.2, resumer_tick_seconds=0.5)
@@ -201,6 +202,7 @@ async def execute_run(
                     "workflow": str(definition),
                     "input": input,
                     "device_id": device_id,
+                    "definition_hash": digest,
                 },
                 name=run_name(workflow, device_id, os.urandom(4).hex()),
                 tags=run_tags(workflow, device_id, None),
@@ -244,6 +246,21 @@ async def execute_run(
         from prefect.logging.handlers import APILogHandler
 
         await APILogHandler.aflush()  # before the local server stops
+
+
+async def _pin(text: str) -> str | None:
+    """Pin the definition by content hash (the run reads it from there, replays included).
+
+    A definition that does not load is not pinned: the run reports why it cannot start."""
+    from flows.definitions import pin
+    from interpreter.errors import OrchestrationError
+    from interpreter.loader import load_definition
+
+    try:
+        definition = load_definition(text)
+    except OrchestrationError:
+        return None
+    return await pin(definition)
 
 
 async def _deliver(
@@ -324,24 +341,39 @@ def run_command(
 # --- worker ------------------------------------------------------------------------------------
 
 
+DEFAULT_DEPLOYMENT = "device-workflow"
+
+
 def worker_command(
     concurrency: Annotated[int, typer.Option(help="Runs executed at once.")] = 50,
-    deployment: Annotated[str, typer.Option(help="Deployment name to register and serve.")] = (
-        "executor"
-    ),
+    deployment: Annotated[
+        str,
+        typer.Option(
+            help="Deployment of run-workflow to serve; created (no work pool) only if missing."
+        ),
+    ] = DEFAULT_DEPLOYMENT,
 ) -> None:
-    """Execute runs of the run-workflow deployment in this process (and resume due waits)."""
+    """Execute runs of run-workflow/device-workflow in this process (and resume due waits).
+
+    The ingress, the API and the alerts start runs of run-workflow/device-workflow. If the
+    deployment exists (say from `prefect deploy`, on a process work pool) it is served as it is,
+    not overwritten; if it is missing it is created without a work pool. Either this executor or a
+    `prefect worker` on the deployment's pool may serve it, or both at once: a run is claimed by
+    proposing Pending to the server, which lets only one claimant have it, so no run executes
+    twice. The executor runs many runs in one process; a worker starts a process per run.
+    """
     with prefect_api() as api_url, _settings(api_url):
         asyncio.run(_worker(concurrency, deployment))
 
 
 async def _worker(concurrency: int, deployment: str) -> None:
     from flows import runtime
-    from flows.executor import Executor, deploy
-    from flows.workflow import run_workflow
+    from flows.executor import Executor, ensure_deployment
+    from flows.workflow import FLOW_NAME, run_workflow
 
-    deployment_id = await deploy(run_workflow, deployment)
-    typer.echo(f"executing runs of deployment run-workflow/{deployment} ({deployment_id})")
+    deployment_id, created = await ensure_deployment(run_workflow, deployment)
+    how = "created (no work pool)" if created else "existing"
+    typer.echo(f"executing runs of deployment {FLOW_NAME}/{deployment} ({how}, {deployment_id})")
     executor = Executor({deployment_id: run_workflow}, concurrency=concurrency)
     try:
         await executor.run(handle_signals=True)

@@ -164,14 +164,7 @@ class RunDriver:
         timeout_seconds: float | None,
         idempotency_key: str,
     ) -> dict[str, Any]:
-        configured = steps.activity_task(
-            run_id=self.run_id,
-            step_key=step_key,
-            state=state,
-            path=path,
-            visit=visit,
-            policy=policy,
-        )
+        configured = steps.activity_task(policy=policy)
         task_state: State[Any] = await configured(
             activity,
             input,
@@ -181,6 +174,8 @@ class RunDriver:
             run_id=self.run_id,
             device_id=self.device_id,
             state=state,
+            step_cache_key=steps.cache_key(self.run_id, "task", step_key),
+            label=steps.step_label(path, visit),
             return_state=True,
         )
         if task_state.is_completed():

@@ -31,6 +31,7 @@ import contextlib
 import contextvars
 import logging
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,11 +47,14 @@ from prefect.flow_engine import run_flow
 from prefect.states import Pending
 from prefect.utilities.engine import propose_state
 
-__all__ = ["Executor", "ExecutorStats", "deploy", "install_engine_patches"]
+__all__ = ["Executor", "ExecutorStats", "deploy", "ensure_deployment", "install_engine_patches"]
 
 logger = logging.getLogger("flows.executor")
 
 _patched = False
+
+#: How many per-run hold times ``ExecutorStats`` keeps (the most recent ones).
+HELD_SECONDS_KEPT = 1000
 
 
 def install_engine_patches() -> None:
@@ -83,9 +87,16 @@ class ExecutorStats:
     suspended: int = 0
     crashed: int = 0
     lost_claims: int = 0
+    #: Seconds each recent run held the executor (claim to the engine's return, hooks included).
+    held_seconds: dict[UUID, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
+
+    def record_held(self, run_id: UUID, seconds: float) -> None:
+        self.held_seconds[run_id] = seconds
+        while len(self.held_seconds) > HELD_SECONDS_KEPT:
+            del self.held_seconds[next(iter(self.held_seconds))]
 
 
 @dataclass
@@ -192,6 +203,13 @@ class Executor:
         task.add_done_callback(forget)
 
     async def _execute(self, flow: Flow[..., Any], flow_run: FlowRun) -> None:
+        started = time.perf_counter()
+        try:
+            await self._execute_one(flow, flow_run)
+        finally:
+            self.stats.record_held(flow_run.id, time.perf_counter() - started)
+
+    async def _execute_one(self, flow: Flow[..., Any], flow_run: FlowRun) -> None:
         try:
             state = await run_flow(flow, flow_run=flow_run, return_type="state")  # type: ignore[misc]  # run_flow returns a coroutine for async flows
         except Pause:
@@ -234,3 +252,22 @@ async def deploy(flow: Flow[..., Any], name: str, *, tags: list[str] | None = No
     deployment = await flow.ato_deployment(name=name, tags=tags)
     deployment_id: UUID = await deployment.aapply()
     return deployment_id
+
+
+async def ensure_deployment(flow: Flow[..., Any], name: str) -> tuple[UUID, bool]:
+    """The id of deployment ``<flow name>/<name>``, created (no work pool) only when missing.
+
+    An existing deployment is left as it is (``prefect deploy`` may have put it on a work pool
+    with its own settings); returns ``(id, created)``.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    async with get_client() as client:
+        try:
+            found = await client.read_deployment_by_name(f"{flow.name}/{name}")
+        except ObjectNotFound:
+            found = None
+    if found is not None:
+        return found.id, False
+    return await deploy(flow, name), True

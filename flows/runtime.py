@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import Field
@@ -35,6 +36,9 @@ class FlowSettings(BaseSettings):
     short_wait_seconds: float = Field(default=5.0, ge=0)
     #: Longest time one activity attempt may take when the definition sets no timeout.
     default_task_timeout_seconds: float | None = Field(default=None, gt=0)
+    #: Where definitions are pinned by hash (``flows.definitions``); default: under
+    #: ``PREFECT_LOCAL_STORAGE_PATH``, next to the persisted results every executor shares.
+    definitions_dir: Path | None = None
 
 
 @dataclass

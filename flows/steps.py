@@ -33,6 +33,7 @@ __all__ = [
     "register_wait",
     "resolve_wait",
     "sleep_if_short",
+    "step_label",
 ]
 
 TASK_FAILED = "States.TaskFailed"
@@ -107,8 +108,13 @@ async def _run_activity(
     run_id: str,
     device_id: str | None,
     state: str,
+    step_cache_key: str,
+    label: str,
 ) -> dict[str, Any]:
-    """One attempt of an activity; raises only when Prefect must retry it (see module doc)."""
+    """One attempt of an activity; raises only when Prefect must retry it (see module doc).
+
+    ``step_cache_key`` is the task's cache key and ``label`` its run name (see ``activity_task``).
+    """
     run_context = TaskRunContext.get()
     attempt = run_context.task_run.run_count if run_context is not None else 1
     resources = await get_resources()
@@ -147,34 +153,45 @@ def _error_name(exc: OrchestrationError) -> str:
     return name if isinstance(name, str) else TASK_FAILED
 
 
-def activity_task(
-    *,
-    run_id: str,
-    step_key: str,
-    state: str,
-    path: str,
-    visit: int,
-    policy: RetryPolicy,
-    jitter_draws: bool = True,
-) -> Any:
-    """The activity task configured for one visit of one state (name, cache key, retries)."""
-    key = cache_key(run_id, "task", step_key)
-    delays = retry_delays(policy)
-    label = path if visit == 1 else f"{path} #{visit}"
+def _step_cache_key(_context: Any, parameters: dict[str, Any]) -> str:
+    return str(parameters["step_cache_key"])
 
-    options: dict[str, Any] = {}
-    if policy.jitter and jitter_draws:
-        options["retry_jitter_factor"] = policy.jitter
-    return _run_activity.with_options(
-        **options,
-        name=state,
-        task_run_name=label,
-        cache_key_fn=lambda _ctx, _params: key,
-        retries=max(policy.max_attempts - 1, 0),
-        retry_delay_seconds=delays or 0,
-        persist_result=True,
-        refresh_cache=False,
-    )
+
+#: Configured activity tasks by retry settings. ``Task.with_options`` builds a new task, which
+#: reads the function's source to key it (milliseconds a call): build one per retry shape only.
+_configured: dict[tuple[int, tuple[float, ...], float | None], Any] = {}
+
+
+def activity_task(*, policy: RetryPolicy, jitter_draws: bool = True) -> Any:
+    """The activity task configured for ``policy`` (retries, delays, jitter), built once.
+
+    Call it with ``step_cache_key=cache_key(run_id, "task", step_key)`` (its cache key: a replay
+    gets the recorded result) and ``label`` (its run name: the state's path and visit).
+    """
+    delays = tuple(float(d) for d in retry_delays(policy))
+    jitter = policy.jitter if policy.jitter and jitter_draws else None
+    shape = (max(policy.max_attempts - 1, 0), delays, jitter)
+    found = _configured.get(shape)
+    if found is None:
+        options: dict[str, Any] = {}
+        if jitter:
+            options["retry_jitter_factor"] = jitter
+        found = _run_activity.with_options(
+            **options,
+            task_run_name="{label}",
+            cache_key_fn=_step_cache_key,
+            retries=shape[0],
+            retry_delay_seconds=list(delays) or 0,
+            persist_result=True,
+            refresh_cache=False,
+        )
+        _configured[shape] = found
+    return found
+
+
+def step_label(path: str, visit: int) -> str:
+    """A task run's name: the state's path, and its visit after the first."""
+    return path if visit == 1 else f"{path} #{visit}"
 
 
 # --- waits -----------------------------------------------------------------------------------

@@ -1,32 +1,34 @@
 """The generic workflow flow: load, validate and pin a definition, then drive the engine to its end.
 
 Entrypoint for deployments: ``flows/workflow.py:run_workflow``. One flow for every definition; the
-definition is data. Step one is a cached task that reads the definition and records its hash: a
-replay (after a suspend) gets that pinned copy back, so a run finishes on the definition it
-started with even if the file changed while it waited. A run that ends ``failed`` raises
-``WorkflowFailedError`` ("<state>: <error>: <cause>"), so Prefect shows it Failed with the
-reason; the trail of states taken is published as a table artifact and logged state by state.
+definition is data, pinned: the creator of the run stores it by content hash
+(``flows.definitions.pin``) and passes ``definition_hash``, so every replay (after a suspend) reads
+exactly the content the run started with, with no Prefect call; without a hash, a cached task
+reads it and records its hash (the fallback). Validation and compilation happen once per hash per
+process. A run that ends ``failed`` raises ``WorkflowFailedError``, so Prefect shows it Failed with
+the reason. The trail of states is logged state by state while the run goes, and published as a
+table artifact by a hook once the run's final state is set (off the run's own time).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
-from prefect import flow, get_run_logger
+from prefect import Flow, flow, get_run_logger
 from prefect.artifacts import acreate_table_artifact
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun, State
 from prefect.context import FlowRunContext
 
-from flows import steps
+from flows import definitions, steps
 from flows.driver import RunDriver, TransitionListener
-from flows.runtime import get_resources
+from flows.runtime import Resources, get_resources
 from flows.wake import event_subject
-from interpreter.engine import Engine
 from interpreter.errors import OrchestrationError
 from interpreter.models import WorkflowDefinition
 from interpreter.runtime import Finished, SystemContext, TrailEntry
-from interpreter.validate import require_valid
 
 __all__ = [
     "FLOW_NAME",
@@ -41,6 +43,8 @@ __all__ = [
 FLOW_NAME = "run-workflow"
 
 _listeners: list[TransitionListener] = []
+#: Runs whose engine finished, waiting for the hook that publishes their trail (popped there).
+_finished_trails: dict[UUID, tuple[WorkflowDefinition, list[TrailEntry], Finished]] = {}
 
 
 class WorkflowFailedError(OrchestrationError):
@@ -82,7 +86,40 @@ def run_tags(workflow: str, device_id: str | None, version: str | None) -> list[
     return tags
 
 
-@flow(name=FLOW_NAME, persist_result=True, validate_parameters=True)
+async def _publish_trail(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """The trail of states as a table artifact of the run (a hook: after the final state)."""
+    entry = _finished_trails.pop(flow_run.id, None)
+    if entry is None:
+        return  # ended before its engine finished (a definition error): nothing to show
+    definition, trail, finished = entry
+    rows = [
+        {
+            "at": item.at.isoformat(),
+            "state": item.path,
+            "type": item.type,
+            "visit": item.visit,
+            "outcome": item.outcome,
+        }
+        for item in trail
+    ]
+    summary = f"{definition.name} {definition.version}: {finished.status}"
+    if finished.status == "failed":
+        summary += f" ({finished.error}: {finished.cause})"
+    await acreate_table_artifact(table=rows, description=f"Trail of states. {summary}")
+
+
+@flow(
+    name=FLOW_NAME,
+    persist_result=True,
+    # Prefect's validation builds a pydantic model from the signature on every run (~5 ms, a
+    # third of the interpreter's overhead over a hand-written flow); ``_check_parameters`` does
+    # the same checks directly.
+    validate_parameters=False,
+    on_completion=[_publish_trail],
+    on_failure=[_publish_trail],
+    on_crashed=[_publish_trail],
+    on_cancellation=[_publish_trail],
+)
 async def run_workflow(
     workflow: str,
     input: dict[str, Any] | None = None,
@@ -90,7 +127,14 @@ async def run_workflow(
     device_id: str | None = None,
     definition_hash: str | None = None,
 ) -> Any:
-    """Run the workflow ``workflow`` (a name, or a path to a ``.json`` definition) on ``input``."""
+    """Run the workflow ``workflow`` (a name, or a path to a ``.json`` definition) on ``input``.
+
+    ``definition_hash``: the hash under which the creator pinned the definition
+    (``flows.definitions.pin``); the run reads it from there. Without it (or when the pinned copy
+    is not found here) the definition is loaded by ``workflow`` in a cached task, and must then
+    have that hash.
+    """
+    _check_parameters(workflow, input, version, device_id, definition_hash)
     context = FlowRunContext.get()
     if context is None or context.flow_run is None:
         raise RuntimeError("run_workflow must run as a Prefect flow run")
@@ -99,34 +143,21 @@ async def run_workflow(
     logger = get_run_logger()
     resources = await get_resources()
 
-    loaded = await steps.load_definition.with_options(
-        cache_key_fn=lambda _ctx, _params: steps.cache_key(
-            run_id, "definition", f"{workflow}@{version or ''}"
-        ),
-    )(workflow, version)
-    definition = WorkflowDefinition.model_validate(loaded["definition"])
-    pinned_hash = str(loaded["hash"])
-    if definition_hash and pinned_hash != definition_hash:
-        raise DefinitionChangedError(
-            f"definition {workflow!r} has hash {pinned_hash[:12]}, the run was created for "
-            f"{definition_hash[:12]}"
-        )
-    if version and definition.version != version:
-        raise DefinitionChangedError(
-            f"definition {workflow!r} is version {definition.version!r}, not {version!r}"
-        )
-    require_valid(definition, activities=resources.registry.names())
+    prepared, started_at = await _definition(
+        run_id, flow_run, workflow, version, definition_hash, resources
+    )
+    definition = prepared.definition
     await _name_and_tag(flow_run, definition, device_id)
 
     system = SystemContext(
         run_id=run_id,
         workflow=definition.name,
         version=definition.version,
-        definition_hash=pinned_hash,
+        definition_hash=prepared.digest,
         device_id=device_id,
-        started_at=datetime.fromisoformat(loaded["startedAt"]),
+        started_at=started_at,
     )
-    engine = Engine(definition, definition_hash=pinned_hash)
+    engine = prepared.engine
     driver = RunDriver(
         run_id=run_id,
         device_id=device_id,
@@ -137,7 +168,8 @@ async def run_workflow(
     )
     run = engine.start(input or {}, system)
     _run, finished = await driver.drive(engine, run, system)
-    await _publish_trail(definition, driver.trail, finished)
+    # Published by the on_completion/on_failure hook, once the run's final state is set.
+    _finished_trails[flow_run.id] = (definition, driver.trail, finished)
     if device_id:
         await steps.finish_device_run.with_options(
             cache_key_fn=lambda _ctx, _params: steps.cache_key(run_id, "finish", device_id),
@@ -147,6 +179,88 @@ async def run_workflow(
             _failed_state(driver.trail), finished.error or "States.Failed", finished.cause
         )
     return finished.output
+
+
+async def _definition(
+    run_id: str,
+    flow_run: FlowRun,
+    workflow: str,
+    version: str | None,
+    definition_hash: str | None,
+    resources: Resources,
+) -> tuple[definitions.Prepared, datetime]:
+    """The run's pinned definition, prepared, and the run's stable clock origin.
+
+    By hash: read from the content-addressed store (once per process), no Prefect call; the clock
+    origin is the run's creation time, which the server keeps the same on every replay. Without a
+    hash (or a store that does not have it): the cached ``load-definition`` task, whose recorded
+    result a replay gets back, clock origin included.
+    """
+    activities = resources.registry.names()
+    if definition_hash:
+        found = definitions.prepared(definition_hash, activities)
+        if found is None:
+            pinned = await definitions.read_pinned(
+                definition_hash, resources.settings.definitions_dir
+            )
+            if pinned is not None:
+                found = definitions.prepare(pinned, definition_hash, activities)
+        if found is not None:
+            _check_version(workflow, found.definition, version)
+            return found, _created_at(flow_run)
+    loaded = await steps.load_definition.with_options(
+        cache_key_fn=lambda _ctx, _params: steps.cache_key(
+            run_id, "definition", f"{workflow}@{version or ''}"
+        ),
+    )(workflow, version)
+    pinned_hash = str(loaded["hash"])
+    if definition_hash and pinned_hash != definition_hash:
+        raise DefinitionChangedError(
+            f"definition {workflow!r} has hash {pinned_hash[:12]}, the run was created for "
+            f"{definition_hash[:12]}"
+        )
+    found = definitions.prepared(pinned_hash, activities)
+    if found is None:
+        definition = WorkflowDefinition.model_validate(loaded["definition"])
+        found = definitions.prepare(definition, pinned_hash, activities)
+    _check_version(workflow, found.definition, version)
+    return found, datetime.fromisoformat(loaded["startedAt"])
+
+
+def _check_parameters(
+    workflow: object,
+    input: object,
+    version: object,
+    device_id: object,
+    definition_hash: object,
+) -> None:
+    """The parameters' types (they arrive as JSON from the API, unchecked by Prefect here)."""
+    if not isinstance(workflow, str) or not workflow:
+        raise TypeError(f"parameter 'workflow' must be a non-empty string, got {workflow!r}")
+    if input is not None and not isinstance(input, dict):
+        raise TypeError(f"parameter 'input' must be an object, got {type(input).__name__}")
+    for name, value in (
+        ("version", version),
+        ("device_id", device_id),
+        ("definition_hash", definition_hash),
+    ):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"parameter {name!r} must be a string, got {type(value).__name__}")
+
+
+def _check_version(workflow: str, definition: WorkflowDefinition, version: str | None) -> None:
+    if version and definition.version != version:
+        raise DefinitionChangedError(
+            f"definition {workflow!r} is version {definition.version!r}, not {version!r}"
+        )
+
+
+def _created_at(flow_run: FlowRun) -> datetime:
+    moment = flow_run.created or flow_run.expected_start_time
+    if moment is None:  # pragma: no cover - runs read from the server always have it
+        raise RuntimeError(f"flow run {flow_run.id} has no creation time")
+    # A plain datetime: Prefect's DateTime (pendulum) drops the zone when a timedelta is added.
+    return datetime.fromtimestamp(moment.timestamp(), UTC)
 
 
 async def _name_and_tag(
@@ -171,22 +285,3 @@ def _failed_state(trail: list[TrailEntry]) -> str | None:
         if entry.outcome.startswith("failed") or entry.type == "fail":
             return entry.path
     return trail[-1].path if trail else None
-
-
-async def _publish_trail(
-    definition: WorkflowDefinition, trail: list[TrailEntry], finished: Finished
-) -> None:
-    rows = [
-        {
-            "at": entry.at.isoformat(),
-            "state": entry.path,
-            "type": entry.type,
-            "visit": entry.visit,
-            "outcome": entry.outcome,
-        }
-        for entry in trail
-    ]
-    summary = f"{definition.name} {definition.version}: {finished.status}"
-    if finished.status == "failed":
-        summary += f" ({finished.error}: {finished.cause})"
-    await acreate_table_artifact(table=rows, description=f"Trail of states. {summary}")

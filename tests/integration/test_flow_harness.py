@@ -58,6 +58,30 @@ class SleepInput(ActivityInput):
     seconds: float
 
 
+class SlowInput(ActivityInput):
+    name: str
+    seconds: float
+    slow_times: int
+
+
+class SpanInput(ActivityInput):
+    group: str
+    seconds: float
+
+
+@dataclass
+class Overlap:
+    """How many ``test.span`` calls of one group were in progress at once (this process)."""
+
+    current: int = 0
+    most: int = 0
+    entries: int = 0
+
+
+#: ``test.span`` records here: the executor runs in this process.
+OVERLAPS: dict[str, Overlap] = {}
+
+
 class EchoInput(ActivityInput):
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -136,6 +160,39 @@ def flow_test_registry() -> ActivityRegistry:
         return _Out(slept=data.seconds)
 
     @registry.activity(
+        name="test.slow",
+        description="record an attempt; the first slowTimes attempts take `seconds`",
+        retry_safe=True,
+        changes_state=False,
+        input_model=SlowInput,
+        output_model=_Out,
+    )
+    async def slow(ctx: ActivityContext, data: SlowInput) -> _Out:
+        attempt = await _effect(ctx, data.name)
+        if attempt <= data.slow_times:
+            await asyncio.sleep(data.seconds)
+        return _Out(attempts=attempt)
+
+    @registry.activity(
+        name="test.span",
+        description="be in progress for `seconds`, counting how many of the group overlap",
+        retry_safe=True,
+        changes_state=False,
+        input_model=SpanInput,
+        output_model=_Out,
+    )
+    async def span(ctx: ActivityContext, data: SpanInput) -> _Out:
+        overlap = OVERLAPS.setdefault(data.group, Overlap())
+        overlap.current += 1
+        overlap.entries += 1
+        overlap.most = max(overlap.most, overlap.current)
+        try:
+            await asyncio.sleep(data.seconds)
+        finally:
+            overlap.current -= 1
+        return _Out(group=data.group)
+
+    @registry.activity(
         name="test.echo",
         description="return the input",
         retry_safe=True,
@@ -161,19 +218,32 @@ class FlowSystem:
         input: dict[str, Any] | None = None,
         *,
         device_id: str | None = None,
+        pin: bool = True,
     ) -> uuid.UUID:
+        """Create a run of ``definition``: pinned by hash as the CLI does, or (``pin=False``) by
+        path only, as the ingress does (the flow then pins it in a cached task)."""
         from prefect.client.orchestration import get_client
 
+        from flows.definitions import pin as pin_definition
         from flows.workflow import run_name, run_tags
+        from interpreter.loader import load_definition
 
         path = Path(definition)
         if not path.is_absolute():
             path = RUNTIME_DEFINITIONS / path
-        workflow = json.loads(path.read_text())["name"]
+        text = path.read_text()
+        workflow = json.loads(text)["name"]
+        parameters: dict[str, Any] = {
+            "workflow": str(path),
+            "input": input or {},
+            "device_id": device_id,
+        }
+        if pin:
+            parameters["definition_hash"] = await pin_definition(load_definition(text))
         async with get_client() as client:
             flow_run = await client.create_flow_run_from_deployment(
                 self.deployment_id,
-                parameters={"workflow": str(path), "input": input or {}, "device_id": device_id},
+                parameters=parameters,
                 name=run_name(workflow, device_id, uuid.uuid4().hex),
                 tags=run_tags(workflow, device_id, None),
             )

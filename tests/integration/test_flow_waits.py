@@ -98,13 +98,14 @@ async def test_suspend_and_resume_at_every_wait_runs_each_activity_once(
     assert history.count("Suspended") == 4, history
 
 
+@pytest.mark.parametrize("by_hash", [True, False], ids=["pinned-by-hash", "cached-task"])
 async def test_run_finishes_on_its_pinned_definition(
-    flow_system: FlowSystem, tmp_path: Path
+    flow_system: FlowSystem, tmp_path: Path, by_hash: bool
 ) -> None:
     path = tmp_path / "pinned.json"
     shutil.copy(RUNTIME_DEFINITIONS / "event.json", path)
     device = _tag("dev")
-    run_id = await flow_system.start(path, {"tag": _tag("pin")}, device_id=device)
+    run_id = await flow_system.start(path, {"tag": _tag("pin")}, device_id=device, pin=by_hash)
     await flow_system.suspended(run_id, "waitready")
 
     changed = json.loads(path.read_text())

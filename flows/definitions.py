@@ -1,0 +1,129 @@
+"""Definitions pinned by content: whoever creates a run stores the definition under its hash.
+
+The creator of a run (CLI, bench, API) calls ``pin(definition)``: the canonical JSON goes to
+``<root>/<hash[:2]>/<hash>.json`` (written once, atomically) and the run is created with
+``definition_hash`` in its parameters. The flow then reads the definition by hash: no Prefect task,
+no API call, and a replay after a suspend gets exactly the same content because the hash is a
+parameter of the run. Within one process a hash is read, parsed, checked, compiled and validated
+once (``prepared``); later runs of the same definition reuse that work.
+
+``root`` defaults to ``<PREFECT_LOCAL_STORAGE_PATH>/definitions``: next to the persisted task
+results, which every executor that resumes a run must already share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections import OrderedDict
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+from interpreter.engine import Engine
+from interpreter.loader import definition_hash, load_definition
+from interpreter.models import WorkflowDefinition
+from interpreter.validate import require_valid
+
+__all__ = ["Prepared", "default_root", "pin", "prepare", "prepared", "read_pinned"]
+
+#: How many prepared definitions a process keeps (least recently used ones are dropped).
+MEMO_SIZE = 256
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A definition checked against its hash, compiled into an engine and validated."""
+
+    definition: WorkflowDefinition
+    digest: str
+    engine: Engine
+
+
+_memo: OrderedDict[tuple[str, frozenset[str]], Prepared] = OrderedDict()
+
+
+def default_root() -> Path:
+    """``<PREFECT_LOCAL_STORAGE_PATH>/definitions`` (where persisted results live)."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
+    return Path(PREFECT_LOCAL_STORAGE_PATH.value()) / "definitions"
+
+
+def _path(root: Path, digest: str) -> Path:
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"not a sha256 hex digest: {digest!r}")
+    return root / digest[:2] / f"{digest}.json"
+
+
+def _canonical(definition: WorkflowDefinition) -> str:
+    return definition.model_dump_json(by_alias=True, exclude_none=True)
+
+
+def _write_once(path: Path, text: str) -> None:
+    if path.exists():
+        return  # content-addressed: the same name always holds the same content
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+async def pin(definition: WorkflowDefinition, root: Path | None = None) -> str:
+    """Store ``definition`` under its hash (idempotent); return the hash to pass to the run."""
+    digest = definition_hash(definition)
+    await asyncio.to_thread(
+        _write_once, _path(root or default_root(), digest), _canonical(definition)
+    )
+    return digest
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+
+
+async def read_pinned(digest: str, root: Path | None = None) -> WorkflowDefinition | None:
+    """The definition stored under ``digest``, or None when it is not there.
+
+    Raises ``ValueError`` when the content does not have that hash (a corrupted store)."""
+    text = await asyncio.to_thread(_read, _path(root or default_root(), digest))
+    if text is None:
+        return None
+    definition = load_definition(text)
+    actual = definition_hash(definition)
+    if actual != digest:
+        raise ValueError(f"pinned definition {digest[:12]} has content hashing to {actual[:12]}")
+    return definition
+
+
+def prepared(digest: str, activities: Collection[str]) -> Prepared | None:
+    """The definition already prepared in this process for ``digest``, if any."""
+    key = (digest, frozenset(activities))
+    found = _memo.get(key)
+    if found is not None:
+        _memo.move_to_end(key)
+    return found
+
+
+def prepare(definition: WorkflowDefinition, digest: str, activities: Collection[str]) -> Prepared:
+    """Validate ``definition`` against ``activities`` and compile it, once per process."""
+    key = (digest, frozenset(activities))
+    found = _memo.get(key)
+    if found is not None:
+        _memo.move_to_end(key)
+        return found
+    require_valid(definition, activities=activities)
+    result = Prepared(definition, digest, Engine(definition, definition_hash=digest))
+    _memo[key] = result
+    while len(_memo) > MEMO_SIZE:
+        _memo.popitem(last=False)
+    return result
