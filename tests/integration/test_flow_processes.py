@@ -1,0 +1,178 @@
+"""The flow's processes on a real Prefect server (PostgreSQL): ``orchestration worker`` (the
+in-process executor) drains its runs on SIGTERM and exits 0, and ``orchestration run`` executes a
+definition end to end, delivering ``--event``s, with exit code 0 on success and 1 on failure."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from store.db import Database
+from tests.integration.test_flow_harness import RUNTIME_DEFINITIONS, flow_database_url
+
+__all__ = ["flow_database_url"]
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+DEADLINE = 90.0
+
+
+def _env(prefect_server: Any, database_url: str) -> dict[str, str]:
+    env = {**os.environ, **prefect_server.env}
+    env.update(
+        {
+            "ORCH_DB_URL": database_url,
+            "PYTHONPATH": str(REPO),
+            "ORCH_OTEL_EXPORTER": "none",
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+        }
+    )
+    return env
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cli.main", *args]
+
+
+async def _wait_for(what: str, probe: Any, deadline: float = DEADLINE) -> Any:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        found = await probe()
+        if found:
+            return found
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{what}: not within {deadline}s")
+
+
+async def test_worker_drains_a_run_in_flight_on_sigterm_and_exits_0(
+    prefect_server: Any, flow_database_url: str, tmp_path: Path
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    name = f"drain-{uuid.uuid4().hex[:8]}"
+    log = (tmp_path / "worker.log").open("wb")
+    process = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is awaited
+        _cli("worker", "--deployment", name, "--concurrency", "5"),
+        env=_env(prefect_server, flow_database_url),
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        async with get_client() as client:
+
+            async def deployment() -> Any:
+                try:
+                    return await client.read_deployment_by_name(f"run-workflow/{name}")
+                except ObjectNotFound:
+                    return None
+
+            found = await _wait_for("the worker registers its deployment", deployment)
+            path = RUNTIME_DEFINITIONS / "drain.json"
+            flow_run = await client.create_flow_run_from_deployment(
+                found.id, parameters={"workflow": str(path), "input": {"kind": name}}
+            )
+            db = await Database.connect(flow_database_url)
+
+            async def napping() -> bool:
+                # The first record exists: the run is past its first task, sleeping in place
+                # (3 s, under the worker's 5 s short-wait limit) inside the worker.
+                async with db.transaction() as connection:
+                    count = await connection.scalar(
+                        text("SELECT count(*) FROM records WHERE kind = :kind"), {"kind": name}
+                    )
+                return bool(count)
+
+            try:
+                await _wait_for("the run is in flight in the worker", napping)
+            finally:
+                await db.close()
+            process.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(process.wait, DEADLINE)
+
+            final = await client.read_flow_run(flow_run.id)
+        assert code == 0, (tmp_path / "worker.log").read_text()
+        assert final.state is not None
+        assert final.state.is_completed() or final.state.is_paused(), final.state
+        assert not final.state.is_crashed()
+        if final.state.is_completed():
+            output = await final.state.aresult()
+            assert output == {"first": {"step": 1}, "second": {"step": 2}}
+        assert "stopped:" in (tmp_path / "worker.log").read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+
+
+def _run_cli(
+    prefect_server: Any, database_url: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _cli(*args),
+        env=_env(prefect_server, database_url),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE * 2,
+        check=False,
+    )
+
+
+async def test_cli_run_delivers_events_and_prints_json(
+    prefect_server: Any, flow_database_url: str
+) -> None:
+    result = await asyncio.to_thread(
+        _run_cli,
+        prefect_server,
+        flow_database_url,
+        "run",
+        str(RUNTIME_DEFINITIONS / "cli-event.json"),
+        "--input",
+        json.dumps({"model": "TX-200"}),
+        "--event",
+        'device.ready={"firmware": "2.1"}',
+        "--output",
+        "json",
+    )
+
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "succeeded"
+    assert summary["result"] == {"model": "TX-200", "ready": {"firmware": "2.1"}}
+    assert [entry["path"] for entry in summary["trail"]][:1] == ["WaitReady"]
+    assert summary["url"].endswith(f"/runs/flow-run/{summary['runId']}")
+
+
+async def test_cli_run_of_a_failing_definition_exits_1(
+    prefect_server: Any, flow_database_url: str
+) -> None:
+    result = await asyncio.to_thread(
+        _run_cli,
+        prefect_server,
+        flow_database_url,
+        "run",
+        str(RUNTIME_DEFINITIONS / "cli-fail.json"),
+        "--output",
+        "json",
+    )
+
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "failed"
+    assert "Cli.Broken" in summary["error"]
