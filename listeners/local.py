@@ -19,14 +19,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from listeners.control import PrefectRunControl, RunControl
+from listeners.eventlog import StoreEventLog
 from listeners.events import IncomingMessage
-from listeners.ledger import SqlRunLedger, SqlWaitIndex, StoreEventLog
 from listeners.outbox import Reconciler
 from listeners.pipeline import Ingress, Outcome
 from listeners.router import Router
 from listeners.settings import IngressSettings
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from store.runs import DeviceRunStore
     from store.settings import DatabaseSettings
 
 __all__ = ["IngressRuntime", "LocalIngress", "event_message", "open_ingress"]
@@ -70,6 +73,10 @@ class LocalIngress:
     async def send_raw(self, message: IncomingMessage) -> Outcome:
         return await self._ingress.process(message)
 
+    async def send_many(self, messages: Sequence[IncomingMessage]) -> list[Outcome]:
+        """Several messages as one batch (one database transaction); outcomes in order."""
+        return await self._ingress.process_many(messages)
+
 
 @dataclass
 class IngressRuntime:
@@ -78,7 +85,7 @@ class IngressRuntime:
     router: Router
     ingress: Ingress
     reconciler: Reconciler
-    ledger: SqlRunLedger
+    ledger: DeviceRunStore
     events: StoreEventLog
     control: RunControl
 
@@ -101,6 +108,8 @@ async def open_ingress(
     wire router, pipeline and reconciler."""
     from store.db import Database
     from store.events import DEFAULT_MAX_EVENTS_PER_DEVICE, EventStore
+    from store.runs import DeviceRunStore
+    from store.waits import WaitStore
 
     async with AsyncExitStack() as stack:
         db = await Database.connect(database_url, settings=database_settings)
@@ -112,8 +121,8 @@ async def open_ingress(
         events = StoreEventLog(
             EventStore(db, max_events_per_device or DEFAULT_MAX_EVENTS_PER_DEVICE)
         )
-        ledger = SqlRunLedger(db)
-        waits = SqlWaitIndex(db)
+        ledger = DeviceRunStore(db)
+        waits = WaitStore(db)
         router = Router(
             events=events,
             ledger=ledger,

@@ -19,15 +19,28 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 from listeners.control import ControlError, ControlUnavailableError, ResumeStatus, RunControl
-from listeners.router import EventLog, OutboxItem, Router, RunLedger, WaitIndex
+from listeners.router import EventLog, Router, RunLedger
+from store.runs import OutboxEntry
+from store.waits import Wait
 
-__all__ = ["ReconcileReport", "Reconciler"]
+__all__ = ["ReconcileReport", "Reconciler", "WaitIndex"]
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 60.0
+
+
+class WaitIndex(Protocol):
+    """Which runs wait for which device event (``store.waits.WaitStore``)."""
+
+    async def waiting_for(self, device_id: str, event_name: str) -> list[Wait]: ...
+
+
+def _request(entry: OutboxEntry) -> dict[str, Any]:
+    return dict(entry.payload) if isinstance(entry.payload, dict) else {}
 
 
 @dataclass
@@ -98,7 +111,9 @@ class Reconciler:
                     item.attempts + 1,
                     exc,
                 )
-                await self._ledger.retry_later(item.id, str(exc), now + backoff(item.attempts))
+                await self._ledger.mark_failed(
+                    item.id, str(exc), retry_at=now + backoff(item.attempts)
+                )
         if unavailable is not None:
             return report
         try:
@@ -107,26 +122,27 @@ class Reconciler:
             log.warning("run sweep skipped: %s", exc)
         return report
 
-    async def _attempt(self, item: OutboxItem, report: ReconcileReport) -> None:
+    async def _attempt(self, item: OutboxEntry, report: ReconcileReport) -> None:
+        request = _request(item)
         if item.action == "start":
             run_id = await self._router.execute_start(
-                item.device_id, item.request["runKey"], item.request, probe=True
+                item.device_id, request["runKey"], request, probe=True
             )
             log.info(
                 "outbox start device=%s event=%s run=%s", item.device_id, item.event_id, run_id
             )
             report.started += 1
-            return  # bind() marked the item done
-        run_id = item.request["runId"]
-        name = item.request["eventName"]
+            return  # set_run() marked the item done
+        run_id = request["runId"]
+        name = request["eventName"]
         still_wanted = await self._events.is_unconsumed(
             item.device_id, item.event_id, name
-        ) and run_id in await self._waits.waiting_runs(item.device_id, name)
+        ) and run_id in {w.run_id for w in await self._waits.waiting_for(item.device_id, name)}
         if not still_wanted:
             report.dropped += 1
-            await self._ledger.done(item.id)
+            await self._ledger.mark_done(item.id)
             return
-        status = await self._router.execute_resume(item.request, probe=True)
+        status = await self._router.execute_resume(request, probe=True)
         if status is ResumeStatus.NOT_PAUSED:
             raise ControlError("the run is not paused yet")
         log.info(
@@ -137,7 +153,7 @@ class Reconciler:
             status.value,
         )
         report.resumed += status is ResumeStatus.ACCEPTED
-        await self._ledger.done(item.id)
+        await self._ledger.mark_done(item.id)
 
     async def _sweep(self, report: ReconcileReport) -> None:
         active = [run for run in await self._ledger.active(self._batch) if run.run_id]

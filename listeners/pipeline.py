@@ -11,12 +11,17 @@ The message-source port: a transport (``servicebus``, ``local``) turns what it r
   its maximum delivery count moves the message to the dead-letter queue itself.
 
 One log line per message: device, message id, event id, action.
+
+``process_many`` is the same for a batch: the valid messages are recorded in one transaction and
+routed together (``Router.handle_many``); if that fails, every one of them is abandoned (nothing of
+the batch was committed), while poison messages are still dead-lettered one by one.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -55,13 +60,15 @@ class Outcome:
 class EventHandler(Protocol):
     """The router, as the pipeline sees it."""
 
-    async def handle(self, event: IncomingEvent, /) -> RouteResult: ...
+    async def handle_many(self, events: Sequence[IncomingEvent], /) -> list[RouteResult]: ...
 
 
 class MessageProcessor(Protocol):
     """What a transport hands its messages to (``Ingress``, or a decorator of it)."""
 
     async def process(self, message: IncomingMessage, /) -> Outcome: ...
+
+    async def process_many(self, messages: Sequence[IncomingMessage], /) -> list[Outcome]: ...
 
 
 class Ingress:
@@ -72,33 +79,68 @@ class Ingress:
         self._max_bytes = max_message_bytes
 
     async def process(self, message: IncomingMessage) -> Outcome:
-        where = f"device={message.session_id or '?'} message={message.message_id or '?'}"
-        try:
-            event = parse_event(message, max_bytes=self._max_bytes)
-        except PoisonMessageError as exc:
-            log.warning("%s action=dead-letter reason=%s: %s", where, exc.reason, exc.description)
-            return Outcome(Disposition.DEAD_LETTER, reason=exc.reason, description=exc.description)
+        return (await self.process_many([message]))[0]
+
+    async def process_many(self, messages: Sequence[IncomingMessage]) -> list[Outcome]:
+        """Outcomes in the order of ``messages`` (see the module docstring)."""
+        outcomes: list[Outcome | None] = [None] * len(messages)
+        events: list[IncomingEvent] = []
+        positions: list[int] = []
+        for position, message in enumerate(messages):
+            try:
+                events.append(parse_event(message, max_bytes=self._max_bytes))
+            except PoisonMessageError as exc:
+                log.warning(
+                    "device=%s message=%s action=dead-letter reason=%s: %s",
+                    message.session_id or "?",
+                    message.message_id or "?",
+                    exc.reason,
+                    exc.description,
+                )
+                outcomes[position] = Outcome(
+                    Disposition.DEAD_LETTER, reason=exc.reason, description=exc.description
+                )
+                continue
+            positions.append(position)
+        if events:
+            try:
+                results = await self._router.handle_many(events)
+            except Exception as exc:
+                # Transient until proven otherwise: the broker's delivery count bounds the retries.
+                for position, event in zip(positions, events, strict=True):
+                    log.exception(
+                        "device=%s message=%s event=%s action=abandon: %s",
+                        event.device_id,
+                        messages[position].message_id or "-",
+                        event.event_id,
+                        exc,
+                    )
+                    outcomes[position] = Outcome(
+                        Disposition.ABANDON, reason="TransientFailure", description=repr(exc)
+                    )
+            else:
+                for position, event, result in zip(positions, events, results, strict=True):
+                    outcomes[position] = self._settle(messages[position], event, result)
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    @staticmethod
+    def _settle(message: IncomingMessage, event: IncomingEvent, result: RouteResult) -> Outcome:
         where = f"device={event.device_id} message={message.message_id or '-'}"
-        try:
-            result = await self._router.handle(event)
-        except Exception as exc:
-            # Transient until proven otherwise: the broker's delivery count bounds the retries.
-            log.exception("%s event=%s action=abandon: %s", where, event.event_id, exc)
-            return Outcome(Disposition.ABANDON, reason="TransientFailure", description=repr(exc))
         if result.recorded is RecordStatus.OVERFLOW:
             description = f"device {event.device_id} holds the maximum number of unconsumed events"
             log.warning(
                 "%s event=%s action=dead-letter reason=%s", where, event.event_id, OVERFLOW_REASON
             )
             return Outcome(Disposition.DEAD_LETTER, result, OVERFLOW_REASON, description)
-        log.info(
-            "%s event=%s name=%s recorded=%s action=%s run=%s%s",
-            where,
-            event.event_id,
-            event.name,
-            result.recorded.value,
-            result.action.value,
-            result.run_id or "-",
-            f" ({result.detail})" if result.detail else "",
-        )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "%s event=%s name=%s recorded=%s action=%s run=%s%s",
+                where,
+                event.event_id,
+                event.name,
+                result.recorded.value,
+                result.action.value,
+                result.run_id or "-",
+                f" ({result.detail})" if result.detail else "",
+            )
         return Outcome(Disposition.COMPLETE, result)

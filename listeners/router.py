@@ -21,26 +21,26 @@ or resume that cannot reach Prefect stays in the outbox (``deferred``), and the 
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Protocol
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol
 
 from listeners.control import ControlError, ControlUnavailableError, ResumeStatus, RunControl
 from listeners.events import IncomingEvent
+from store.runs import DeviceRun, OutboxEntry, RunSnapshot
 
 __all__ = [
-    "DeviceRun",
     "EventLog",
-    "OutboxItem",
     "RecordStatus",
     "RouteAction",
     "RouteResult",
     "Router",
     "RunLedger",
-    "WaitIndex",
     "resume_input",
     "run_key_for",
 ]
@@ -83,47 +83,23 @@ class RouteResult:
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceRun:
-    """The device's current run as the ledger knows it."""
+class Recorded:
+    """What recording a batch did: a status per event, and per device its run snapshot."""
 
-    device_id: str
-    run_key: str  # the Prefect idempotency key of the run
-    run_id: str | None  # None while the start is claimed but not yet confirmed by Prefect
-    status: str  # "starting" | "running" | "finished"
-    started_by_event: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.status == "finished"
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxItem:
-    """A start or resume that must still happen."""
-
-    id: int
-    device_id: str
-    event_id: str
-    action: str  # "start" | "resume"
-    request: dict[str, Any]
-    attempts: int
+    statuses: list[RecordStatus]
+    runs: dict[str, RunSnapshot]
 
 
 class EventLog(Protocol):
-    """The durable record of device events (``store.events.EventStore``)."""
+    """The durable record of device events (``store.events.EventStore`` behind an adapter)."""
 
-    async def record(self, event: IncomingEvent) -> RecordStatus: ...
+    async def record_many(self, events: Sequence[IncomingEvent]) -> Recorded:
+        """Record the events (idempotent per event id) and read each device's run snapshot after
+        recording, in one transaction."""
+        ...
 
     async def is_unconsumed(self, device_id: str, event_id: str, name: str) -> bool:
         """Whether the event is stored and no wait has claimed it yet."""
-        ...
-
-
-class WaitIndex(Protocol):
-    """Which runs wait for which device event (``store.waits.WaitStore``)."""
-
-    async def waiting_runs(self, device_id: str, event_name: str) -> list[str]:
-        """Ids of runs with an open wait for ``event_name`` of ``device_id``."""
         ...
 
 
@@ -132,48 +108,47 @@ class RunLedger(Protocol):
 
     async def current(self, device_id: str) -> DeviceRun | None: ...
 
-    async def snapshot(self, device_id: str, event_name: str) -> tuple[DeviceRun | None, set[str]]:
-        """``current`` plus the ids of runs with an open wait for ``event_name`` (one read)."""
-        ...
-
     async def claim_start(
         self,
         device_id: str,
-        *,
         run_key: str,
+        *,
         workflow: str,
+        started_by_event: str | None = None,
+        stale_after: timedelta | None = None,
+        request: Any = None,
+    ) -> bool: ...
+
+    async def set_run(self, device_id: str, run_key: str, run_id: str) -> bool: ...
+
+    async def finish(self, device_id: str, run: str) -> bool: ...
+
+    async def active(self, limit: int) -> list[DeviceRun]: ...
+
+    async def enqueue(
+        self,
+        device_id: str,
         event_id: str,
-        expected_run_key: str | None,
-        request: dict[str, Any],
-    ) -> bool:
-        """Compare-and-set: make ``run_key`` the device's run (status "starting") only if the
-        current run key is still ``expected_run_key`` (None: no row) and that run has finished;
-        in the same transaction queue a "start" outbox item carrying ``request``."""
-        ...
+        action: Literal["start", "resume"],
+        payload: Any = None,
+        *,
+        not_before: datetime | None = None,
+        error: str | None = None,
+    ) -> int: ...
 
-    async def bind(self, device_id: str, run_key: str, run_id: str) -> None:
-        """Record the Prefect run of ``run_key`` (status "running"); its start item is done."""
-        ...
+    async def due(self, now: datetime, limit: int) -> list[OutboxEntry]: ...
 
-    async def finish(self, device_id: str, run_key: str) -> bool:
-        """Mark the run finished if it is still the device's run."""
-        ...
+    async def mark_done(self, entry_id: int) -> None: ...
 
-    async def active(self, limit: int) -> list[DeviceRun]:
-        """Runs the ledger believes are not finished (for the reconciler's sweep)."""
-        ...
+    async def mark_failed(
+        self, entry_id: int, error: str, *, retry_at: datetime | None = None
+    ) -> None: ...
 
-    async def defer(
-        self, device_id: str, event_id: str, action: str, request: dict[str, Any], error: str
-    ) -> None:
-        """Queue an outbox item (insert-or-ignore on device, event and action)."""
-        ...
 
-    async def due(self, now: datetime, limit: int) -> list[OutboxItem]: ...
-
-    async def done(self, item_id: int) -> None: ...
-
-    async def retry_later(self, item_id: int, error: str, next_attempt_at: datetime) -> None: ...
+def _started_something(result: RouteResult) -> bool:
+    return result.action in (RouteAction.STARTED, RouteAction.DEFERRED) or (
+        result.detail == "lost the start"
+    )
 
 
 def run_key_for(event: IncomingEvent) -> str:
@@ -212,18 +187,62 @@ class Router:
     # -- the decision ------------------------------------------------------------------------
 
     async def handle(self, event: IncomingEvent) -> RouteResult:
-        recorded = await self._events.record(event)
+        """Record and route one event."""
+        return (await self.handle_many([event]))[0]
+
+    async def handle_many(self, events: Sequence[IncomingEvent]) -> list[RouteResult]:
+        """Record the events in one transaction, then route each; one result per event, in order.
+
+        Devices are routed concurrently, each device's events in order. The snapshot read with
+        the record says what each device's run is and waits for, so a busy device's events cost
+        no further read; a start or a resume changes the snapshot for the device's next events.
+        """
+        recorded = await self._events.record_many(events)
+        results: list[RouteResult | None] = [None] * len(events)
+        by_device: dict[str, list[int]] = {}
+        for index, event in enumerate(events):
+            by_device.setdefault(event.device_id, []).append(index)
+
+        async def route_device(device_id: str, indexes: list[int]) -> None:
+            snapshot = recorded.runs.get(device_id, RunSnapshot(None))
+            current, waiting = snapshot.run, set(snapshot.waiting)
+            for index in indexes:
+                event, status = events[index], recorded.statuses[index]
+                result = await self._route(event, status, current, waiting)
+                results[index] = result
+                if result.action is RouteAction.RESUMED:
+                    waiting.clear()  # the run is no longer paused: later events wait in the store
+                elif _started_something(result) and (
+                    current is None or current.finished or current.run_id is None
+                ):
+                    # A start was claimed, made, lost or deferred: the ledger knows the run now.
+                    current, waiting = await self._ledger.current(device_id), set()
+
+        if len(by_device) == 1:
+            [(device_id, indexes)] = by_device.items()
+            await route_device(device_id, indexes)
+        else:
+            await asyncio.gather(*(route_device(d, i) for d, i in by_device.items()))
+        return [result for result in results if result is not None]
+
+    async def _route(
+        self,
+        event: IncomingEvent,
+        recorded: RecordStatus,
+        current: DeviceRun | None,
+        waiting: set[str],
+    ) -> RouteResult:
         if recorded is RecordStatus.OVERFLOW:
             return self._result(event, recorded, RouteAction.REFUSED, detail="device event limit")
-        # Read after the record committed: a run registers its wait before it looks for the event
-        # in the store, so either it finds the event or this read finds its wait.
-        current, waiting = await self._ledger.snapshot(event.device_id, event.name)
+        # The snapshot was read after the record, under the device's lock, which a run's wait
+        # registration also takes: either the run finds the event when it claims (it claims
+        # after registering), or the snapshot shows its wait.
         run_key = run_key_for(event)
         if current is not None and current.finished and current.run_key == run_key:
             # A late redelivery of the event that started the device's last run: done already.
             return self._result(event, recorded, RouteAction.STARTED, current.run_id, "already")
         if current is None or current.finished:
-            return await self._start(event, recorded, current)
+            return await self._start(event, recorded)
         if current.run_key == run_key:
             # This very event started the current run: a redelivery, maybe after a crash
             # between claim and create. Creating again is idempotent.
@@ -232,7 +251,7 @@ class Router:
             return self._result(event, recorded, RouteAction.STARTED, current.run_id, "already")
         if current.run_id is None:
             return self._result(event, recorded, RouteAction.BUSY, detail="a start is pending")
-        if current.run_id in waiting:
+        if event.name in waiting:
             return await self._resume(event, recorded, current.run_id)
         return self._result(event, recorded, RouteAction.BUSY, current.run_id)
 
@@ -253,16 +272,13 @@ class Router:
             "runKey": run_key_for(event),
         }
 
-    async def _start(
-        self, event: IncomingEvent, recorded: RecordStatus, current: DeviceRun | None
-    ) -> RouteResult:
+    async def _start(self, event: IncomingEvent, recorded: RecordStatus) -> RouteResult:
         run_key = run_key_for(event)
         claimed = await self._ledger.claim_start(
             event.device_id,
-            run_key=run_key,
+            run_key,
             workflow=self.workflow,
-            event_id=event.event_id,
-            expected_run_key=current.run_key if current else None,
+            started_by_event=event.event_id,
             request=self.start_request(event),
         )
         if not claimed:
@@ -306,7 +322,7 @@ class Router:
             raise
         if probe:
             self.close_circuit()
-        await self._ledger.bind(device_id, run_key, run_id)
+        await self._ledger.set_run(device_id, run_key, run_id)
         return run_id
 
     # -- resume ------------------------------------------------------------------------------
@@ -322,15 +338,17 @@ class Router:
         try:
             status = await self.execute_resume(request)
         except ControlError as exc:
-            await self._ledger.defer(event.device_id, event.event_id, "resume", request, str(exc))
+            await self._ledger.enqueue(
+                event.device_id, event.event_id, "resume", request, error=str(exc)
+            )
             return self._result(event, recorded, RouteAction.DEFERRED, run_id, str(exc))
         if status is ResumeStatus.ACCEPTED:
             return self._result(event, recorded, RouteAction.RESUMED, run_id)
         if status is ResumeStatus.NOT_PAUSED:
             # The run registered its wait but has not suspended yet (or another event resumed
             # it). The reconciler tries again while the wait is open and the event unclaimed.
-            await self._ledger.defer(
-                event.device_id, event.event_id, "resume", request, "run not paused yet"
+            await self._ledger.enqueue(
+                event.device_id, event.event_id, "resume", request, error="run not paused yet"
             )
             return self._result(event, recorded, RouteAction.DEFERRED, run_id, "not paused yet")
         return self._result(event, recorded, RouteAction.BUSY, run_id, "resume rejected")

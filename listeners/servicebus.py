@@ -1,8 +1,10 @@
 """The Azure Service Bus transport: N session loops on a session-enabled queue (session = device).
 
 Each loop accepts the next session with messages (``NEXT_AVAILABLE_SESSION``, bounded by
-``max_wait_time``), drains it one peek-locked message at a time while an ``AutoLockRenewer`` keeps
-the session lock, and lets it go when it is idle. Settlement follows ``listeners.pipeline``:
+``max_wait_time``), drains it in batches of up to ``receive_batch`` peek-locked messages while an
+``AutoLockRenewer`` keeps the session lock, and lets it go when it is idle. A batch is recorded and
+routed in one transaction (``process_many``); its messages are settled one by one after that
+commit, in order. Settlement follows ``listeners.pipeline``:
 complete after the event is recorded and routed, abandon on a transient failure, dead-letter at once
 what can never succeed. A settlement error proves nothing (the broker may have applied it): every
 effect downstream is idempotent, so the worst case is a redelivery that is recorded as a duplicate.
@@ -205,6 +207,10 @@ class ServiceBusListener:
                 settings.queue_name,
                 session_id=NEXT_AVAILABLE_SESSION,
                 max_wait_time=settings.max_wait_time,
+                # Without a prefetch the SDK releases (abandons: delivery count + 1) messages the
+                # broker pushed on leftover credit between two batch receives. A session's lock
+                # covers its buffered messages, and the renewer keeps it.
+                prefetch_count=settings.receive_batch,
             )
             try:
                 async with asyncio.timeout(settings.max_wait_time + settings.operation_timeout):
@@ -245,7 +251,8 @@ class ServiceBusListener:
             try:
                 async with asyncio.timeout(settings.max_wait_time + settings.operation_timeout):
                     messages = await receiver.receive_messages(
-                        max_message_count=1, max_wait_time=settings.max_wait_time
+                        max_message_count=settings.receive_batch,
+                        max_wait_time=settings.max_wait_time,
                     )
             except SessionLockLostError:
                 self._lock_lost(session_id, None)
@@ -256,43 +263,48 @@ class ServiceBusListener:
                 return
             if not messages:
                 return  # idle: let the session go so that another device gets this loop
-            for message in messages:
-                if not await self._handle(receiver, message, session_id):
-                    return
+            if not await self._handle(receiver, messages, session_id):
+                return
 
     async def _handle(
-        self, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage, session_id: str
+        self,
+        receiver: ServiceBusReceiver,
+        messages: list[ServiceBusReceivedMessage],
+        session_id: str,
     ) -> bool:
-        """Process and settle one message; False when the session must be let go."""
-        outcome = await self._ingress.process(to_incoming(message))
-        if session_id in self._lost_sessions:
-            self._lock_lost(session_id, message.message_id)
-            return False
-        try:
-            async with asyncio.timeout(self._settings.operation_timeout):
-                if outcome.disposition is Disposition.COMPLETE:
-                    await receiver.complete_message(message)
-                elif outcome.disposition is Disposition.DEAD_LETTER:
-                    await receiver.dead_letter_message(
-                        message, reason=outcome.reason, error_description=outcome.description[:4000]
-                    )
-                else:
-                    await receiver.abandon_message(message)
-        except (SessionLockLostError, MessageLockLostError):
-            self._lock_lost(session_id, message.message_id)
-            return False
-        except (TimeoutError, ServiceBusError) as exc:
-            # It may have been applied anyway; a redelivery is recorded as a duplicate.
-            self.stats["settle_failed"] += 1
-            log.warning(
-                "device=%s message=%s settling (%s) failed: %r",
-                session_id,
-                message.message_id,
-                outcome.disposition.value,
-                exc,
-            )
-            return False
-        self.stats[outcome.disposition.value] += 1
+        """Process a batch, then settle each message; False when the session must be let go."""
+        outcomes = await self._ingress.process_many([to_incoming(m) for m in messages])
+        for message, outcome in zip(messages, outcomes, strict=True):
+            if session_id in self._lost_sessions:
+                self._lock_lost(session_id, message.message_id)
+                return False
+            try:
+                async with asyncio.timeout(self._settings.operation_timeout):
+                    if outcome.disposition is Disposition.COMPLETE:
+                        await receiver.complete_message(message)
+                    elif outcome.disposition is Disposition.DEAD_LETTER:
+                        await receiver.dead_letter_message(
+                            message,
+                            reason=outcome.reason,
+                            error_description=outcome.description[:4000],
+                        )
+                    else:
+                        await receiver.abandon_message(message)
+            except (SessionLockLostError, MessageLockLostError):
+                self._lock_lost(session_id, message.message_id)
+                return False
+            except (TimeoutError, ServiceBusError) as exc:
+                # It may have been applied anyway; a redelivery is recorded as a duplicate.
+                self.stats["settle_failed"] += 1
+                log.warning(
+                    "device=%s message=%s settling (%s) failed: %r",
+                    session_id,
+                    message.message_id,
+                    outcome.disposition.value,
+                    exc,
+                )
+                return False
+            self.stats[outcome.disposition.value] += 1
         return True
 
     def _lock_lost(self, session_id: str, message_id: str | None) -> None:

@@ -24,6 +24,9 @@ class ServiceBusSettings(BaseSettings):
     #: Seconds a session loop waits for a session with messages, and for the next message of an
     #: accepted session before it lets the session go.
     max_wait_time: float = Field(default=5.0, gt=0, le=300)
+    #: Messages taken from a session at once, recorded in one transaction, then settled in order.
+    #: All are locked while the batch is handled, so keep the batch's work well under the lock.
+    receive_batch: int = Field(default=32, ge=1, le=1000)
     #: Larger bodies are dead-lettered unread (256 KB is the Standard tier's limit).
     max_message_bytes: int = Field(default=256 * 1024, ge=1024)
     #: Deadline for opening a receiver or settling a message; the SDK has none of its own.

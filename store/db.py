@@ -5,6 +5,11 @@ to head (unless told not to). Stores take a ``Database`` and open short transact
 ``transaction()`` (SQLAlchemy Core on an ``AsyncConnection``); other packages may use ``session()``
 (a sqlmodel ``AsyncSession``, ``expire_on_commit=False``).
 
+On PostgreSQL the hot path of ingress (``EventStore.record_many``) goes around SQLAlchemy:
+``native()`` lends a connection of a plain asyncpg pool (created on first use, sized like the
+engine's pool) for one statement in autocommit, which is one round trip where a SQLAlchemy
+transaction costs four (pre-ping, BEGIN, the statement, COMMIT) plus its adaptation layers.
+
 SQLite is the embedded default. It has one writer at a time: every transaction starts with
 ``BEGIN IMMEDIATE`` so that a writer takes the lock up front and waits (``busy_timeout``) instead of
 failing when a read transaction later tries to write. Writers of different devices therefore queue
@@ -13,10 +18,11 @@ for a few milliseconds on SQLite; on PostgreSQL they take row locks of their own
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
@@ -30,6 +36,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from store.errors import UnsupportedDatabaseError
 from store.settings import DatabaseSettings
+
+if TYPE_CHECKING:
+    import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
 __all__ = ["Database", "normalize_url"]
 
@@ -120,9 +129,12 @@ def create_engine(url: str | URL, settings: DatabaseSettings | None = None) -> A
 class Database:
     """An async engine plus the ways to use it; create with ``await Database.connect(url)``."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, settings: DatabaseSettings | None = None) -> None:
         self._engine = engine
         self._sessions = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+        self._settings = settings or DatabaseSettings()
+        self._native: asyncpg.Pool | None = None
+        self._native_lock = asyncio.Lock()
 
     @classmethod
     async def connect(
@@ -139,7 +151,7 @@ class Database:
         """
         settings = settings or DatabaseSettings()
         engine = create_engine(url if url is not None else settings.url, settings)
-        database = cls(engine)
+        database = cls(engine, settings)
         try:
             if settings.migrate_on_connect if migrate is None else migrate:
                 from store.migrate import upgrade_engine
@@ -178,6 +190,33 @@ class Database:
                 yield connection
 
     @asynccontextmanager
+    async def native(self) -> AsyncIterator[asyncpg.Connection]:
+        """A plain asyncpg connection from this database's own pool (PostgreSQL only), outside any
+        transaction: each statement commits on its own. Returned to the pool on exit."""
+        if self.dialect != "postgresql":
+            raise UnsupportedDatabaseError("native() is for PostgreSQL only")
+        pool = self._native or await self._open_native()
+        async with pool.acquire() as connection:
+            yield connection
+
+    async def _open_native(self) -> asyncpg.Pool:
+        import asyncpg
+
+        async with self._native_lock:
+            if self._native is None:
+                url = self._engine.url.set(drivername="postgresql")
+                self._native = await asyncpg.create_pool(
+                    url.render_as_string(hide_password=False),
+                    min_size=1,
+                    max_size=self._settings.pool_size + self._settings.max_overflow,
+                    max_inactive_connection_lifetime=float(
+                        max(self._settings.pool_recycle_seconds, 60)
+                    ),
+                    server_settings={"application_name": "orchestration"},
+                )
+            return self._native
+
+    @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         """A sqlmodel session; the caller commits (``await session.commit()``)."""
         async with self._sessions() as session:
@@ -185,4 +224,7 @@ class Database:
 
     async def close(self) -> None:
         """Close every pooled connection."""
+        if self._native is not None:
+            native, self._native = self._native, None
+            await native.close()
         await self._engine.dispose()

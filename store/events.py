@@ -10,6 +10,11 @@ time and how many events were refused for overflow.
   the write lock on SQLite) for the duplicate check, the limit check, the insert and the counter
   update, all in one transaction: sequences are gap-free and race-free, and devices never wait for
   each other on PostgreSQL.
+- ``record_many`` records a batch in one transaction (on PostgreSQL one statement: the
+  ``orch_record_events`` function of migration 0002, one round trip for the whole batch), each
+  device's events in the order given, and reads after recording, per device, its current run and
+  the event names that run waits for (``RunSnapshot``): all the router needs to decide, with no
+  second round trip. ``record`` is a batch of one. SQLite runs the same steps as Core statements.
 - The limit (``max_events_per_device``, default 1,000) counts held events (consumed or not, until
   cleared). A new event beyond it is not stored: ``record`` returns ``overflow`` (and the device's
   ``overflowed`` counter goes up) so that the caller dead-letters the message with a reason. Nothing
@@ -28,6 +33,9 @@ time and how many events were refused for overflow.
 from __future__ import annotations
 
 import builtins
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -39,14 +47,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from store.columns import utc_now
 from store.db import Database
 from store.errors import StoreError
+from store.runs import DeviceRun, RunSnapshot
 from store.sql import insert_or_ignore
-from store.tables import DEVICE_EVENTS, DEVICES
+from store.tables import DEVICE_EVENTS, DEVICE_RUNS, DEVICES, WAITS
 
 __all__ = [
     "DEFAULT_MAX_EVENTS_PER_DEVICE",
     "DeviceEvent",
     "DeviceState",
     "EventStore",
+    "RecordBatch",
     "RecordResult",
     "RecordStatus",
     "StoredEvent",
@@ -59,6 +69,16 @@ RecordStatus = Literal["inserted", "duplicate", "overflow"]
 
 _E = DEVICE_EVENTS
 _D = DEVICES
+_R = DEVICE_RUNS
+_W = WAITS
+
+#: One statement for a whole batch (migration 0002); arrays keep it one prepared statement.
+_RECORD_EVENTS_SQL = (
+    "SELECT idx, status, seq, run_key, run_id, run_workflow, run_status, run_started_by_event,"
+    " run_created_at, run_updated_at, waiting"
+    " FROM orch_record_events($1::text[], $2::text[], $3::text[], $4::text[],"
+    " $5::timestamptz[], $6::timestamptz[], $7::timestamptz, $8::integer)"
+)
 
 
 class DeviceEvent(BaseModel):
@@ -123,6 +143,15 @@ class RecordResult(BaseModel):
         return self.status != "overflow"
 
 
+@dataclass(frozen=True, slots=True)
+class RecordBatch:
+    """What ``record_many`` did: one result per event (in the order given) and, per device, its
+    run and what that run waits for as read after the events were recorded."""
+
+    results: list[RecordResult]
+    runs: dict[str, RunSnapshot]
+
+
 class DeviceState(BaseModel):
     """The accumulator's state for one device."""
 
@@ -164,6 +193,31 @@ _EVENT_COLUMNS = (
     _E.c.consumed_by,
     _E.c.consumed_at,
 )
+
+
+def _result(status: str, sequence: int | None) -> RecordResult:
+    return RecordResult(status=status, sequence=sequence)
+
+
+async def _snapshot(connection: AsyncConnection, device_id: str) -> RunSnapshot:
+    """The device's run and the names its open waits are for (inside the record transaction)."""
+    row = (await connection.execute(select(_R).where(_R.c.device_id == device_id))).mappings()
+    found = row.first()
+    if found is None:
+        return RunSnapshot(None)
+    run = DeviceRun(**{name: found[name] for name in DeviceRun.model_fields})
+    names = await connection.scalars(
+        select(_W.c.event_name)
+        .where(
+            _W.c.run_id == run.run_id,
+            _W.c.device_id == device_id,
+            _W.c.status == "waiting",
+            _W.c.event_name.is_not(None),
+        )
+        .distinct()
+    )
+    return RunSnapshot(run, frozenset(str(name) for name in names))
+
 
 # Each lost claim race means another claimer consumed an event, so this bound is never reached by
 # honest contention; it stops a livelock caused by a bug from spinning forever.
@@ -212,46 +266,123 @@ class EventStore:
 
     async def record(self, event: DeviceEvent) -> RecordResult:
         """Store the event once; ``inserted``, ``duplicate`` or ``overflow`` (see module docs)."""
+        return (await self.record_many([event])).results[0]
+
+    async def record_many(self, events: Sequence[DeviceEvent]) -> RecordBatch:
+        """Record the events in one transaction (each device's in the order given) and read each
+        device's run snapshot after recording (see the module docstring)."""
+        if not events:
+            return RecordBatch([], {})
+        # Devices are locked in sorted order (no deadlock between batches); stable, so each
+        # device's events keep their order.
+        order = sorted(range(len(events)), key=lambda i: events[i].device_id)
         now = utc_now()
+        if self._db.dialect == "postgresql":
+            return await self._record_many_pg([events[i] for i in order], order, now)
+        return await self._record_many_portable([events[i] for i in order], order, now)
+
+    async def _record_many_pg(
+        self, ordered: builtins.list[DeviceEvent], order: builtins.list[int], now: datetime
+    ) -> RecordBatch:
+        async with self._db.native() as connection:
+            rows = await connection.fetch(
+                _RECORD_EVENTS_SQL,
+                [e.device_id for e in ordered],
+                [e.event_id for e in ordered],
+                [e.name for e in ordered],
+                [json.dumps(e.payload, separators=(",", ":")) for e in ordered],
+                [e.enqueued_at for e in ordered],
+                [e.received_at for e in ordered],
+                now,
+                self.max_events_per_device,
+            )
+        results: builtins.list[RecordResult | None] = [None] * len(ordered)
+        runs: dict[str, RunSnapshot] = {}
+        for row in rows:
+            position = row["idx"] - 1
+            results[order[position]] = _result(row["status"], row["seq"])
+            device_id = ordered[position].device_id
+            if device_id in runs:
+                continue
+            run = None
+            if row["run_key"] is not None:
+                run = DeviceRun(
+                    device_id=device_id,
+                    run_key=row["run_key"],
+                    run_id=row["run_id"],
+                    workflow=row["run_workflow"],
+                    status=row["run_status"],
+                    started_by_event=row["run_started_by_event"],
+                    created_at=row["run_created_at"],
+                    updated_at=row["run_updated_at"],
+                )
+            runs[device_id] = RunSnapshot(run, frozenset(row["waiting"] or ()))
+        if any(result is None for result in results):  # pragma: no cover - one row per event
+            raise StoreError("orch_record_events returned fewer rows than events")
+        return RecordBatch([r for r in results if r is not None], runs)
+
+    async def _record_many_portable(
+        self, ordered: builtins.list[DeviceEvent], order: builtins.list[int], now: datetime
+    ) -> RecordBatch:
+        results: builtins.list[RecordResult | None] = [None] * len(ordered)
+        runs: dict[str, RunSnapshot] = {}
         async with self._db.transaction() as connection:
-            device = await self._lock_device(connection, event.device_id, now)
-            first = await connection.scalar(
-                select(_E.c.sequence).where(
-                    _E.c.device_id == event.device_id, _E.c.event_id == event.event_id
+            start = 0
+            while start < len(ordered):
+                device_id = ordered[start].device_id
+                end = start
+                while end < len(ordered) and ordered[end].device_id == device_id:
+                    end += 1
+                device = await self._lock_device(connection, device_id, now)
+                held, last, refused, changed = (
+                    int(device["count"]),
+                    int(device["last_sequence"]),
+                    0,
+                    False,
                 )
-            )
-            if first is not None:
-                return RecordResult(status="duplicate", sequence=int(first))
-            if device["count"] >= self.max_events_per_device:
-                await connection.execute(
-                    update(_D)
-                    .where(_D.c.device_id == event.device_id)
-                    .values(overflowed=_D.c.overflowed + 1, last_activity_at=now)
-                )
-                return RecordResult(status="overflow", sequence=None)
-            sequence = int(device["last_sequence"]) + 1
-            inserted = await insert_or_ignore(
-                connection,
-                _E,
-                {
-                    "device_id": event.device_id,
-                    "sequence": sequence,
-                    "event_id": event.event_id,
-                    "name": event.name,
-                    "payload": event.payload,
-                    "enqueued_at": event.enqueued_at,
-                    "received_at": event.received_at or now,
-                },
-                ["device_id", "event_id"],
-            )
-            if not inserted:  # pragma: no cover - excluded by the device lock; kept as a guard
-                raise StoreError(f"event {event.event_id!r} appeared while its device was locked")
-            await connection.execute(
-                update(_D)
-                .where(_D.c.device_id == event.device_id)
-                .values(count=_D.c.count + 1, last_sequence=sequence, last_activity_at=now)
-            )
-            return RecordResult(status="inserted", sequence=sequence)
+                for position in range(start, end):
+                    event = ordered[position]
+                    first = await connection.scalar(
+                        select(_E.c.sequence).where(
+                            _E.c.device_id == device_id, _E.c.event_id == event.event_id
+                        )
+                    )
+                    if first is not None:
+                        results[order[position]] = _result("duplicate", int(first))
+                        continue
+                    changed = True
+                    if held >= self.max_events_per_device:
+                        refused += 1
+                        results[order[position]] = _result("overflow", None)
+                        continue
+                    last += 1
+                    held += 1
+                    await connection.execute(
+                        _E.insert().values(
+                            device_id=device_id,
+                            sequence=last,
+                            event_id=event.event_id,
+                            name=event.name,
+                            payload=event.payload,
+                            enqueued_at=event.enqueued_at,
+                            received_at=event.received_at or now,
+                        )
+                    )
+                    results[order[position]] = _result("inserted", last)
+                if changed:
+                    await connection.execute(
+                        update(_D)
+                        .where(_D.c.device_id == device_id)
+                        .values(
+                            count=held,
+                            last_sequence=last,
+                            overflowed=_D.c.overflowed + refused,
+                            last_activity_at=now,
+                        )
+                    )
+                runs[device_id] = await _snapshot(connection, device_id)
+                start = end
+        return RecordBatch([r for r in results if r is not None], runs)
 
     async def list(
         self,

@@ -1,26 +1,35 @@
 """The truth about each device's current run, and the outbox of routing work still to do.
 
+This is the one implementation of the run ledger the router, the reconciler and the flow share.
+
 ``device_runs`` has at most one row per device: ``starting`` (a router claimed the start and is
 creating the Prefect run), ``running`` (bound to a Prefect flow run id) or ``finished``.
 
-    claim_start(device, run_key, workflow=..., started_by_event=...) -> bool
+    claim_start(device, run_key, workflow=..., started_by_event=..., request=...) -> bool
         compare-and-set: True for exactly one of several routers racing on one device (and again
         for the same run_key, so a redelivered starting event gets the same answer); True when the
         device has no row or its run is finished, or its ``starting`` claim is older than
-        ``stale_after`` (the claimer died before creating the run)
-    set_run(device, run_key, run_id) -> bool      starting -> running, for that run_key only
+        ``stale_after`` (the claimer died before creating the run). With ``request``, the winner
+        queues the "start" outbox entry in the same transaction: a claimed start is never
+        forgotten, even if the process dies before Prefect is called.
+    set_run(device, run_key, run_id) -> bool      starting -> running, for that run_key only; the
+                                                  start's outbox entry is done in the same commit
     finish(device, run_id_or_key) -> bool         -> finished, only if it is still the current run
     current(device) -> DeviceRun | None
+    active(limit) -> running runs, least recently updated first (the reconciler's sweep)
 
 ``route_outbox`` holds start/resume requests that must happen even when Prefect is unreachable
 right now: the router enqueues (idempotent on ``(device_id, event_id, action)``), a reconciler
-takes ``pending(limit)`` in order, performs each (the performing is idempotent: ``claim_start`` and
-``WaitStore.resolve`` make a repeat harmless) and calls ``mark_done`` or ``mark_failed`` (which
-counts the attempt, keeps the error and schedules the next attempt).
+leases ``due(now, limit)`` (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several reconcilers do not
+all retry one entry at once), performs each (idempotent: ``claim_start`` and ``WaitStore.resolve``
+make a repeat harmless) and calls ``mark_done`` or ``mark_failed`` (which counts the attempt, keeps
+the error and schedules the next attempt). ``pending`` lists due entries without leasing them,
+``outstanding`` every entry not done yet.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -33,7 +42,12 @@ from store.idempotency import to_json
 from store.sql import insert_or_ignore
 from store.tables import DEVICE_RUNS, ROUTE_OUTBOX
 
-__all__ = ["DeviceRun", "DeviceRunStore", "OutboxEntry"]
+__all__ = ["LEASE", "START_GRACE", "DeviceRun", "DeviceRunStore", "OutboxEntry", "RunSnapshot"]
+
+#: The router creates a claimed run itself at once; the reconciler steps in after this long.
+START_GRACE = timedelta(seconds=10)
+#: An outbox entry leased to a reconciler is not handed to another one for this long.
+LEASE = timedelta(seconds=30)
 
 _R = DEVICE_RUNS
 _O = ROUTE_OUTBOX
@@ -54,6 +68,18 @@ class DeviceRun(BaseModel):
     started_by_event: str | None
     created_at: datetime
     updated_at: datetime
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+
+@dataclass(frozen=True, slots=True)
+class RunSnapshot:
+    """A device's run and the event names that run waits for, read right after recording."""
+
+    run: DeviceRun | None
+    waiting: frozenset[str] = frozenset()
 
 
 class OutboxEntry(BaseModel):
@@ -102,11 +128,12 @@ class DeviceRunStore:
         workflow: str,
         started_by_event: str | None = None,
         stale_after: timedelta | None = None,
+        request: Any = None,
     ) -> bool:
         """Claim the right to start the device's next run (see the module docstring)."""
         now = utc_now()
         async with self._db.transaction() as connection:
-            inserted = await insert_or_ignore(
+            claimed = await insert_or_ignore(
                 connection,
                 _R,
                 {
@@ -121,41 +148,51 @@ class DeviceRunStore:
                 },
                 ["device_id"],
             )
-            if inserted:
-                return True
-            takeover = _R.c.status == "finished"
-            if stale_after is not None:
-                takeover = or_(
-                    takeover, (_R.c.status == "starting") & (_R.c.updated_at < now - stale_after)
+            if not claimed:
+                takeover = _R.c.status == "finished"
+                if stale_after is not None:
+                    takeover = or_(
+                        takeover,
+                        (_R.c.status == "starting") & (_R.c.updated_at < now - stale_after),
+                    )
+                # Compare-and-set: of two routers that both saw "finished", PostgreSQL re-checks
+                # the condition for the second after the first commits, and it no longer holds.
+                result = await connection.execute(
+                    update(_R)
+                    .where(_R.c.device_id == device_id, _R.c.run_key != run_key, takeover)
+                    .values(
+                        run_key=run_key,
+                        run_id=None,
+                        workflow=workflow,
+                        status="starting",
+                        started_by_event=started_by_event,
+                        created_at=now,
+                        updated_at=now,
+                    )
                 )
-            # Compare-and-set: of two routers that both saw "finished", PostgreSQL re-checks the
-            # condition for the second after the first commits, and it no longer holds.
-            claimed = await connection.execute(
-                update(_R)
-                .where(_R.c.device_id == device_id, _R.c.run_key != run_key, takeover)
-                .values(
-                    run_key=run_key,
-                    run_id=None,
-                    workflow=workflow,
-                    status="starting",
-                    started_by_event=started_by_event,
-                    created_at=now,
-                    updated_at=now,
+                claimed = result.rowcount == 1
+            if not claimed:
+                mine = await connection.scalar(
+                    select(_R.c.run_key).where(
+                        _R.c.device_id == device_id,
+                        _R.c.run_key == run_key,
+                        _R.c.status != "finished",
+                    )
                 )
-            )
-            if claimed.rowcount == 1:
-                return True
-            mine = await connection.scalar(
-                select(_R.c.run_key).where(
-                    _R.c.device_id == device_id,
-                    _R.c.run_key == run_key,
-                    _R.c.status != "finished",
+                return mine is not None
+            if request is not None and started_by_event is not None:
+                await insert_or_ignore(
+                    connection,
+                    _O,
+                    _outbox_row(device_id, started_by_event, "start", request, now + START_GRACE),
+                    ["device_id", "event_id", "action"],
                 )
-            )
-            return mine is not None
+            return True
 
     async def set_run(self, device_id: str, run_key: str, run_id: str) -> bool:
-        """Bind the claimed start to its Prefect flow run id (``starting`` -> ``running``)."""
+        """Bind the claimed start to its Prefect flow run id (``starting`` -> ``running``) and mark
+        the start's outbox entry done, together."""
+        now = utc_now()
         async with self._db.transaction() as connection:
             result = await connection.execute(
                 update(_R)
@@ -165,9 +202,22 @@ class DeviceRunStore:
                     _R.c.status.in_(["starting", "running"]),
                     or_(_R.c.run_id.is_(None), _R.c.run_id == run_id),
                 )
-                .values(run_id=run_id, status="running", updated_at=utc_now())
+                .values(run_id=run_id, status="running", updated_at=now)
+                .returning(_R.c.started_by_event)
             )
-        return result.rowcount == 1
+            bound = result.first()
+            if bound is not None and bound.started_by_event is not None:
+                await connection.execute(
+                    update(_O)
+                    .where(
+                        _O.c.device_id == device_id,
+                        _O.c.event_id == bound.started_by_event,
+                        _O.c.action == "start",
+                        _O.c.status == "pending",
+                    )
+                    .values(status="done", updated_at=now)
+                )
+        return bound is not None
 
     async def finish(self, device_id: str, run: str) -> bool:
         """Mark the device's run finished if ``run`` (its run id or run key) is still current."""
@@ -183,6 +233,13 @@ class DeviceRunStore:
             )
         return result.rowcount == 1
 
+    async def active(self, limit: int) -> list[DeviceRun]:
+        """Runs believed running (bound to a flow run), least recently updated first."""
+        query = select(_R).where(_R.c.status == "running").order_by(_R.c.updated_at).limit(limit)
+        async with self._db.transaction(readonly=True) as connection:
+            rows = (await connection.execute(query)).mappings().all()
+        return [_run(row) for row in rows]
+
     async def enqueue(
         self,
         device_id: str,
@@ -191,26 +248,15 @@ class DeviceRunStore:
         payload: Any = None,
         *,
         not_before: datetime | None = None,
+        error: str | None = None,
     ) -> int:
         """Queue a start/resume (idempotent per device, event and action); the entry's id."""
         now = utc_now()
+        row = _outbox_row(device_id, event_id, action, payload, not_before or now)
+        if error is not None:
+            row["last_error"] = error[:2000]
         async with self._db.transaction() as connection:
-            await insert_or_ignore(
-                connection,
-                _O,
-                {
-                    "device_id": device_id,
-                    "event_id": event_id,
-                    "action": action,
-                    "payload": to_json(payload),
-                    "status": "pending",
-                    "attempts": 0,
-                    "next_attempt_at": not_before or now,
-                    "created_at": now,
-                    "updated_at": now,
-                },
-                ["device_id", "event_id", "action"],
-            )
+            await insert_or_ignore(connection, _O, row, ["device_id", "event_id", "action"])
             entry_id = await connection.scalar(
                 select(_O.c.id).where(
                     _O.c.device_id == device_id, _O.c.event_id == event_id, _O.c.action == action
@@ -230,6 +276,35 @@ class DeviceRunStore:
         )
         async with self._db.transaction(readonly=True) as connection:
             rows = (await connection.execute(query)).mappings().all()
+        return [_entry(row) for row in rows]
+
+    async def outstanding(self, device_id: str | None = None) -> list[OutboxEntry]:
+        """Every entry not done yet, due or not (status output, tests, the bench's count check)."""
+        query = select(_O).where(_O.c.status == "pending")
+        if device_id is not None:
+            query = query.where(_O.c.device_id == device_id)
+        async with self._db.transaction(readonly=True) as connection:
+            rows = (await connection.execute(query.order_by(_O.c.id))).mappings().all()
+        return [_entry(row) for row in rows]
+
+    async def due(self, now: datetime, limit: int) -> list[OutboxEntry]:
+        """Lease up to ``limit`` due entries: nobody else gets them for ``LEASE``."""
+        query = (
+            select(_O)
+            .where(_O.c.status == "pending", _O.c.next_attempt_at <= now)
+            .order_by(_O.c.next_attempt_at, _O.c.id)
+            .limit(limit)
+        )
+        async with self._db.transaction() as connection:
+            if connection.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            rows = (await connection.execute(query)).mappings().all()
+            if rows:
+                await connection.execute(
+                    update(_O)
+                    .where(_O.c.id.in_([row["id"] for row in rows]))
+                    .values(next_attempt_at=now + LEASE)
+                )
         return [_entry(row) for row in rows]
 
     async def mark_done(self, entry_id: int) -> None:
@@ -255,3 +330,20 @@ class DeviceRunStore:
                     updated_at=now,
                 )
             )
+
+
+def _outbox_row(
+    device_id: str, event_id: str, action: str, payload: Any, next_attempt_at: datetime
+) -> dict[str, Any]:
+    now = utc_now()
+    return {
+        "device_id": device_id,
+        "event_id": event_id,
+        "action": action,
+        "payload": to_json(payload),
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": next_attempt_at,
+        "created_at": now,
+        "updated_at": now,
+    }

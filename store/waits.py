@@ -2,7 +2,11 @@
 
 A run that reaches a wait registers ``(run_id, wait_key)`` with the device and event name it waits
 for and/or the instant it is due, then suspends. ``register`` is idempotent (a replayed step
-registers again without changing the first registration). ``resolve`` is a compare-and-set from
+registers again without changing the first registration). On PostgreSQL an event wait holds the
+device's ``devices`` row (``FOR SHARE``) while it registers, the lock ``EventStore.record_many``
+takes before it reads the device's waits: a registration and a recording of that device's event
+are ordered, so either the run's claim (made after registering) sees the event, or the recorder's
+read sees the wait and routes the event to the run. ``resolve`` is a compare-and-set from
 ``waiting`` to ``resolved``: when the timer and an event race to wake one wait, exactly one call
 returns True, and only that caller resumes the run.
 
@@ -19,16 +23,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import RowMapping, Select, and_, exists, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.columns import utc_now
 from store.db import Database
 from store.sql import insert_or_ignore
-from store.tables import DEVICE_EVENTS, WAITS
+from store.tables import DEVICE_EVENTS, DEVICES, WAITS
 
 __all__ = ["Wait", "WaitStore"]
 
 _W = WAITS
 _E = DEVICE_EVENTS
+_D = DEVICES
 
 
 class Wait(BaseModel):
@@ -68,6 +74,8 @@ class WaitStore:
     ) -> Wait:
         """Record the wait (idempotent on ``(run_id, wait_key)``); the stored registration."""
         async with self._db.transaction() as connection:
+            if device_id is not None and event_name is not None and self._db.dialect != "sqlite":
+                await self._hold_device(connection, device_id)
             await insert_or_ignore(
                 connection,
                 _W,
@@ -85,6 +93,27 @@ class WaitStore:
             query = select(_W).where(_W.c.run_id == run_id, _W.c.wait_key == wait_key)
             row = (await connection.execute(query)).mappings().one()
         return _wait(row)
+
+    @staticmethod
+    async def _hold_device(connection: AsyncConnection, device_id: str) -> None:
+        """Share-lock the device's row until commit (created empty if the device has none)."""
+        held = select(_D.c.device_id).where(_D.c.device_id == device_id).with_for_update(read=True)
+        if await connection.scalar(held) is None:
+            now = utc_now()
+            await insert_or_ignore(
+                connection,
+                _D,
+                {
+                    "device_id": device_id,
+                    "count": 0,
+                    "last_sequence": 0,
+                    "overflowed": 0,
+                    "first_seen_at": now,
+                    "last_activity_at": now,
+                },
+                ["device_id"],
+            )
+            await connection.scalar(held)
 
     async def get(self, run_id: str, wait_key: str) -> Wait | None:
         """The wait, or None."""

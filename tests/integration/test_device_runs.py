@@ -95,3 +95,50 @@ async def test_the_outbox_keeps_work_until_it_is_done(database: Database) -> Non
         (first, 1, "Prefect unreachable"),
         (later, 0, None),
     ]
+
+
+async def test_a_claimed_start_is_in_the_outbox_until_the_run_is_bound(database: Database) -> None:
+    store = DeviceRunStore(database)
+    request = {"runKey": "k1", "parameters": {"workflow": "onboard"}}
+    assert await store.claim_start(
+        "dev", "k1", workflow="onboard", started_by_event="e1", request=request
+    )
+    # The loser of the race queues nothing.
+    assert not await store.claim_start(
+        "dev", "k2", workflow="onboard", started_by_event="e2", request={"runKey": "k2"}
+    )
+    (entry,) = await store.outstanding("dev")
+    assert (entry.event_id, entry.action, entry.payload) == ("e1", "start", request)
+    # Not due at once: the router creates the run itself first; the reconciler steps in later.
+    assert await store.due(datetime.now(UTC), 10) == []
+
+    assert await store.set_run("dev", "k1", "flow-run-1") is True
+    assert await store.outstanding("dev") == []
+
+
+async def test_due_leases_entries_to_one_reconciler_at_a_time(database: Database) -> None:
+    store = DeviceRunStore(database)
+    first = await store.enqueue("dev", "e1", "resume", {"runId": "r"}, error="not paused yet")
+    later = datetime.now(UTC) + timedelta(seconds=1)
+
+    (leased,) = await store.due(later, 10)
+    assert (leased.id, leased.last_error) == (first, "not paused yet")
+    assert await store.due(later, 10) == []  # leased to the first caller
+    assert [e.id for e in await store.due(later + timedelta(minutes=1), 10)] == [first]
+
+    await store.mark_failed(first, "Prefect down", retry_at=later)
+    await store.mark_done(first)
+    assert await store.outstanding() == []
+
+
+async def test_active_lists_bound_runs_oldest_first(database: Database) -> None:
+    store = DeviceRunStore(database)
+    for device in ("a", "b", "c"):
+        assert await store.claim_start(device, f"k-{device}", workflow="onboard")
+    assert await store.set_run("b", "k-b", "run-b")
+    assert await store.set_run("a", "k-a", "run-a")
+    assert [run.run_id for run in await store.active(10)] == ["run-b", "run-a"]
+    assert await store.finish("b", "run-b")
+    assert [run.device_id for run in await store.active(10)] == ["a"]
+    current = await store.current("b")
+    assert current is not None and current.finished

@@ -253,3 +253,76 @@ async def test_concurrent_claims_with_one_wait_key_get_the_same_event(database: 
     assert claims[0] is not None
     consumed = [e for e in await store.list("dev") if e.consumed_by is not None]
     assert [e.consumed_by for e in consumed] == ["run:wait"]
+
+
+async def test_record_many_keeps_each_devices_order_and_reports_in_input_order(
+    database: Database,
+) -> None:
+    store = EventStore(database, max_events_per_device=3)
+    await store.record(event("b", "b0"))
+    batch = await store.record_many(
+        [
+            event("b", "b1"),
+            event("a", "a0"),
+            event("b", "b0"),  # stored before: a duplicate
+            event("a", "a1"),
+            event("a", "a0"),  # the same event twice in one batch: stored once
+            event("b", "b2"),
+            event("b", "b3"),  # b holds three: refused
+        ]
+    )
+    assert [(r.status, r.sequence) for r in batch.results] == [
+        ("inserted", 2),
+        ("inserted", 1),
+        ("duplicate", 1),
+        ("inserted", 2),
+        ("duplicate", 1),
+        ("inserted", 3),
+        ("overflow", None),
+    ]
+    assert [e.event_id for e in await store.list("a")] == ["a0", "a1"]
+    assert [e.event_id for e in await store.list("b")] == ["b0", "b1", "b2"]
+    state = await store.state("b")
+    assert state is not None and (state.count, state.last_sequence, state.overflowed) == (3, 3, 1)
+    # No run yet for either device.
+    assert {d: s.run for d, s in batch.runs.items()} == {"a": None, "b": None}
+    assert (await store.record_many([])).results == []
+
+
+async def test_record_many_reads_the_devices_run_and_its_open_waits(database: Database) -> None:
+    from store.runs import DeviceRunStore
+    from store.waits import WaitStore
+
+    runs, waits, store = DeviceRunStore(database), WaitStore(database), EventStore(database)
+    assert await runs.claim_start("dev", "k1", workflow="onboard")
+    assert await runs.set_run("dev", "k1", "run-1")
+    await waits.register("run-1", "w1", "dev", "approve", None)
+    await waits.register("run-1", "w2", "dev", None, datetime.now(UTC))  # a timer: no name
+    await waits.register("other-run", "w1", "dev", "reject", None)  # not the device's run
+    await waits.register("run-1", "w3", "dev", "done", None)
+    await waits.resolve("run-1", "w3", "event")
+
+    batch = await store.record_many([event("dev", "e1", "approve")])
+
+    snapshot = batch.runs["dev"]
+    assert snapshot.run is not None
+    assert (snapshot.run.run_id, snapshot.run.status) == ("run-1", "running")
+    assert snapshot.waiting == frozenset({"approve"})
+
+
+async def test_concurrent_batches_over_overlapping_devices_lose_nothing(
+    database: Database,
+) -> None:
+    store = EventStore(database)
+    devices = [f"d{i}" for i in range(8)]
+
+    async def writer(w: int) -> None:
+        for n in range(5):
+            order = devices if w % 2 else list(reversed(devices))
+            await store.record_many([event(d, f"{d}-{w}-{n}") for d in order])
+
+    await asyncio.gather(*(writer(w) for w in range(4)))
+    for d in devices:
+        listed = await store.list(d)
+        assert [e.sequence for e in listed] == list(range(1, 21))
+        assert len({e.event_id for e in listed}) == 20

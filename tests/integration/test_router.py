@@ -168,7 +168,7 @@ async def test_first_event_starts_one_run_with_the_event_as_input(
         current = await rt.ledger.current(dev)
         assert current is not None and current.status == "running"
         assert current.run_id == outcome.result.run_id
-        assert await rt.ledger.pending(dev) == []
+        assert await rt.ledger.outstanding(dev) == []
 
 
 async def test_the_same_message_twice_makes_one_run(app_db_url: str, idle_deployment: str) -> None:
@@ -383,7 +383,7 @@ async def test_prefect_unavailable_for_a_while_loses_nothing(
                 assert outcome.result.action is RouteAction.DEFERRED
             for dev in devices:
                 assert await device_runs(dev) == []
-                assert [i.action for i in await rt.ledger.pending(dev)] == ["start"]
+                assert [i.action for i in await rt.ledger.outstanding(dev)] == ["start"]
             failing = await rt.reconciler.run_once(now=utc_now() + timedelta_minutes(1))
             assert failing.retrying == len(devices) and failing.started == 0
 
@@ -391,7 +391,7 @@ async def test_prefect_unavailable_for_a_while_loses_nothing(
 
             async def all_started() -> bool:
                 await rt.reconciler.run_once(now=utc_now() + timedelta_minutes(10))
-                return [await rt.ledger.pending(dev) for dev in devices] == [[]] * len(devices)
+                return [await rt.ledger.outstanding(dev) for dev in devices] == [[]] * len(devices)
 
             await wait_until(all_started, "the outbox to drain once Prefect is back")
             for dev in devices:

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +230,9 @@ class Exploding:
         self.router = router
         self.attempts = 0
 
+    async def handle_many(self, events: Sequence[IncomingEvent], /) -> list[RouteResult]:
+        return [await self.handle(event) for event in events]
+
     async def handle(self, event: IncomingEvent, /) -> RouteResult:
         if event.name == "explode":
             self.attempts += 1
@@ -342,6 +345,9 @@ class Stalling:
         self.router = router
         self.deliveries = 0
         self.redelivered = asyncio.Event()
+
+    async def handle_many(self, events: Sequence[IncomingEvent], /) -> list[RouteResult]:
+        return [await self.handle(event) for event in events]
 
     async def handle(self, event: IncomingEvent, /) -> RouteResult:
         result = await self.router.handle(event)

@@ -50,8 +50,8 @@ async def ingress_probe(
     from store.columns import utc_now
     from store.db import Database
     from store.events import EventStore
-    from store.sql import insert_or_ignore
     from store.tables import DEVICE_RUNS, WAITS
+    from store.waits import WaitStore
 
     payload = input["event"]["payload"]
     run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
@@ -63,20 +63,8 @@ async def ingress_probe(
                 await _wait_for_gate(payload["gate"])
             name = payload.get("for", "approve")
             wait_key = f"wait-{name}"
-            async with db.transaction() as connection:
-                await insert_or_ignore(
-                    connection,
-                    WAITS,
-                    {
-                        "run_id": run_id,
-                        "wait_key": wait_key,
-                        "device_id": device_id,
-                        "event_name": name,
-                        "status": "waiting",
-                        "created_at": utc_now(),
-                    },
-                    ["run_id", "wait_key"],
-                )
+            # Register first (under the device's lock, like the real flow), then claim.
+            await WaitStore(db).register(run_id, wait_key, device_id, name, None)
             store = EventStore(db)
             event = await store.claim(device_id or "", name, f"{run_id}:{wait_key}")
             if event is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from listeners.events import IncomingEvent
@@ -26,6 +27,9 @@ class HoldingRouter:
     def __init__(self, router: Router, hold_dir: Path) -> None:
         self._router = router
         self._dir = hold_dir
+
+    async def handle_many(self, events: Sequence[IncomingEvent], /) -> list[RouteResult]:
+        return [await self.handle(event) for event in events]
 
     async def handle(self, event: IncomingEvent, /) -> RouteResult:
         result = await self._router.handle(event)
