@@ -131,7 +131,11 @@ class Bench:
         from flows import runtime
         from flows.executor import Executor, deploy
         from flows.workflow import run_workflow
+        from operations.observability import configure_metrics
 
+        # Metrics are recorded as in production (their cost is part of the run); the export is
+        # off so the console exporter does not print into the results.
+        configure_metrics(exporter=os.environ.get("ORCH_OTEL_EXPORTER") or "none")
         runtime.configure(database_url=self.app_url)
         await runtime.get_resources()
         self.ids["interp"] = await deploy(run_workflow, "bench")

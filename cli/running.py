@@ -130,6 +130,15 @@ def _settings(api_url: str) -> Any:
     return temporary_settings(updates=updates)
 
 
+def _quiet_metrics() -> None:
+    """One-shot commands export metrics only when asked (``ORCH_OTEL_EXPORTER`` or Azure's
+    connection string): the default console exporter would print onto ``--output json``."""
+    from operations.observability import AZURE_CONNECTION_ENV, configure_metrics
+
+    if not os.environ.get("ORCH_OTEL_EXPORTER") and not os.environ.get(AZURE_CONNECTION_ENV):
+        configure_metrics(exporter="none")
+
+
 def ui_url(api_url: str, run_id: str) -> str:
     base = os.environ.get("PREFECT_UI_URL") or api_url.removesuffix("/api")
     return f"{base}/runs/flow-run/{run_id}"
@@ -322,6 +331,7 @@ def run_command(
         fail("--input must be a JSON object", code=2)
     events = _parse_events(event or [])
     text = output == OutputFormat.text
+    _quiet_metrics()
     with prefect_api(quiet=not text) as api_url, _settings(api_url):
         summary = asyncio.run(
             execute_run(
@@ -414,6 +424,7 @@ def demo_command(output: OutputOption = OutputFormat.text) -> None:
     os.environ.setdefault("ORCH_HTTP_ALLOWED_HOSTS", '["127.0.0.1"]')
     url = f"http://127.0.0.1:{server.server_address[1]}/devices"
     text = output == OutputFormat.text
+    _quiet_metrics()
     try:
         with prefect_api(quiet=not text) as api_url, _settings(api_url):
             summary = asyncio.run(

@@ -51,6 +51,7 @@ from interpreter.runtime import (
     WaitElapsed,
     WaitFor,
 )
+from operations.observability import log_context
 
 __all__ = ["RunDriver", "TransitionListener"]
 
@@ -81,6 +82,11 @@ class RunDriver:
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger]
     listeners: list[TransitionListener] = field(default_factory=list)
     trail: list[TrailEntry] = field(default_factory=list)
+    #: The first failure of the run (state path, error, cause): where a failed run went wrong.
+    first_failure: tuple[str, str, str] | None = None
+    #: Compensation steps run, and how many of them failed.
+    compensated: int = 0
+    compensations_failed: int = 0
     _suspend_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _suspended: bool = False
 
@@ -121,15 +127,29 @@ class RunDriver:
     async def _execute(
         self, engine: Engine, action: Action, run: RunState, system: SystemContext
     ) -> Outcome:
+        outcome: Outcome
         if isinstance(action, ExecuteTask):
-            return await self._task(action)
+            with log_context(state_name=action.path):
+                outcome = await self._task(action)
+            if isinstance(outcome, TaskFailed):
+                self._failed(action.path, outcome.error, outcome.cause)
+            return outcome
         if isinstance(action, WaitFor):
-            return await self._wait(action)
+            with log_context(state_name=action.path):
+                return await self._wait(action)
         if isinstance(action, RunBranches):
-            return await self._branches(engine, action, run, system)
+            with log_context(state_name=action.path):
+                outcome = await self._branches(engine, action, run, system)
+            if isinstance(outcome, BranchesFailed):
+                self._failed(action.path, outcome.error, outcome.cause)
+            return outcome
         if isinstance(action, RunCompensations):
             return await self._compensations(action, run)
         raise TypeError(f"unknown action {action!r}")  # pragma: no cover - exhaustive union
+
+    def _failed(self, path: str, error: str, cause: str | None) -> None:
+        if self.first_failure is None:
+            self.first_failure = (path, error, cause or "")
 
     # --- tasks ---------------------------------------------------------------------------------
 
@@ -312,7 +332,9 @@ class RunDriver:
                 idempotency_key=step.idempotency_key,
             )
             at = max(at, datetime.fromisoformat(result["at"]))
+            self.compensated += 1
             if not result["ok"]:
+                self.compensations_failed += 1
                 failures.append(f"{step.state}: {result['error']}")
                 self.logger.warning(
                     "compensation of %s failed: %s: %s (continuing)",

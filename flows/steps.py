@@ -23,6 +23,7 @@ from flows.runtime import get_resources
 from interpreter.errors import ActivityError, OrchestrationError
 from interpreter.models import RetryPolicy
 from interpreter.retry import retry_delays, should_retry
+from operations.observability import metrics
 
 __all__ = [
     "activity_task",
@@ -136,6 +137,7 @@ async def _run_activity(
         error = ActivityError(TASK_FAILED, f"{type(exc).__name__}: {exc}", retryable=False)
     else:
         return {"ok": True, "result": result, "at": _iso(_now())}
+    metrics().activity_failures.add(1, {"activity": activity, "error": error.error})
     retry_policy = RetryPolicy.model_validate(policy)
     if should_retry(retry_policy, error.error, error.retryable, attempt):
         raise error  # Prefect waits the policy's delay and runs the next attempt

@@ -28,7 +28,8 @@ from flows.runtime import Resources, get_resources
 from flows.wake import event_subject
 from interpreter.errors import OrchestrationError
 from interpreter.models import WorkflowDefinition
-from interpreter.runtime import Finished, SystemContext, TrailEntry
+from interpreter.runtime import Finished, RunState, SystemContext, TrailEntry
+from operations.observability import log_context, metrics
 
 __all__ = [
     "FLOW_NAME",
@@ -48,14 +49,41 @@ _finished_trails: dict[UUID, tuple[WorkflowDefinition, list[TrailEntry], Finishe
 
 
 class WorkflowFailedError(OrchestrationError):
-    """The run ended ``failed``: the definition's error and cause, and the state where it failed."""
+    """The run ended ``failed``: where it started to fail, what compensation did, how it ended.
 
-    def __init__(self, state: str | None, error: str, cause: str | None) -> None:
+    Without compensation or an earlier failure: ``"<state>: <error>: <cause>"``. Otherwise, e.g.
+    ``"UpdateAndNotify failed (Http.Status5xx: 503 from ...); compensated 2 steps (1 failed);
+    ended OnboardingFailed: Onboarding.Failed: <cause>"``.
+    """
+
+    def __init__(
+        self,
+        state: str | None,
+        error: str,
+        cause: str | None,
+        *,
+        origin: tuple[str, str, str] | None = None,
+        compensated: int = 0,
+        compensations_failed: int = 0,
+    ) -> None:
         where = f"{state}: " if state else ""
-        super().__init__(f"{where}{error}: {cause or '(no cause given)'}")
+        final = f"{where}{error}: {cause or '(no cause given)'}"
+        parts: list[str] = []
+        if origin is not None and (origin[0] != state or compensated):
+            origin_state, origin_error, origin_cause = origin
+            detail = f"{origin_error}: {origin_cause}" if origin_cause else origin_error
+            parts.append(f"{origin_state} failed ({detail})")
+        if compensated:
+            steps_word = "step" if compensated == 1 else "steps"
+            note = f" ({compensations_failed} failed)" if compensations_failed else ""
+            parts.append(f"compensated {compensated} {steps_word}{note}")
+        message = "; ".join([*parts, f"ended {final}"]) if parts else final
+        super().__init__(message)
         self.state = state
         self.error = error
         self.cause = cause
+        self.origin = origin
+        self.compensated = compensated
 
 
 class DefinitionChangedError(OrchestrationError):
@@ -166,19 +194,52 @@ async def run_workflow(
         logger=logger,
         listeners=list(_listeners),
     )
-    run = engine.start(input or {}, system)
-    _run, finished = await driver.drive(engine, run, system)
-    # Published by the on_completion/on_failure hook, once the run's final state is set.
-    _finished_trails[flow_run.id] = (definition, driver.trail, finished)
-    if device_id:
-        await steps.finish_device_run.with_options(
-            cache_key_fn=lambda _ctx, _params: steps.cache_key(run_id, "finish", device_id),
-        )(device_id, run_id)
+    with log_context(device_id=device_id, flow_run_id=run_id):
+        run = engine.start(input or {}, system)
+        end, finished = await driver.drive(engine, run, system)
+        # Only the execution that reaches the end records: a replay after a suspend does not.
+        _record_metrics(definition, started_at, end, driver.trail, finished)
+        # Published by the on_completion/on_failure hook, once the run's final state is set.
+        _finished_trails[flow_run.id] = (definition, driver.trail, finished)
+        if device_id:
+            await steps.finish_device_run.with_options(
+                cache_key_fn=lambda _ctx, _params: steps.cache_key(run_id, "finish", device_id),
+            )(device_id, run_id)
     if finished.status == "failed":
         raise WorkflowFailedError(
-            _failed_state(driver.trail), finished.error or "States.Failed", finished.cause
+            _failed_state(driver.trail),
+            finished.error or "States.Failed",
+            finished.cause,
+            origin=driver.first_failure,
+            compensated=driver.compensated,
+            compensations_failed=driver.compensations_failed,
         )
     return finished.output
+
+
+def _record_metrics(
+    definition: WorkflowDefinition,
+    started_at: datetime,
+    end: RunState,
+    trail: list[TrailEntry],
+    finished: Finished,
+) -> None:
+    """Run duration and each state's duration (from the run's own clock, waits included)."""
+    instruments = metrics()
+    instruments.run_duration.record(
+        max((end.timestamp - started_at).total_seconds(), 0.0),
+        {"workflow": definition.name, "outcome": finished.status},
+    )
+    # A state's time: from the previous entry of the same branch (or the run's start) to its own.
+    previous: dict[str, datetime] = {}
+    for entry in trail:
+        branch = entry.path.rpartition("/")[0]
+        since = previous.get(branch, started_at)
+        instruments.state_duration.record(
+            max((entry.at - since).total_seconds(), 0.0),
+            {"workflow": definition.name, "state": entry.state, "state_type": entry.type},
+        )
+        previous[branch] = entry.at
 
 
 async def _definition(

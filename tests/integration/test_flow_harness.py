@@ -211,6 +211,19 @@ class FlowSystem:
     deployment_id: uuid.UUID
     database_url: str
     executor: Any
+    #: The process's metrics, read on demand (``operations.observability``).
+    metric_reader: Any = None
+
+    def metric_points(self, name: str) -> list[Any]:
+        """Every data point recorded so far for the instrument ``name``."""
+        data = self.metric_reader.get_metrics_data()
+        points: list[Any] = []
+        for resource_metrics in data.resource_metrics if data else []:
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    if metric.name == name:
+                        points.extend(metric.data.data_points)
+        return points
 
     async def start(
         self,
@@ -356,6 +369,12 @@ async def flow_system(prefect_server: Any, flow_database_url: str) -> AsyncItera
             PREFECT_RESULTS_PERSIST_BY_DEFAULT: True,
         }
     ):
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        from operations.observability import configure_metrics
+
+        reader = InMemoryMetricReader()
+        configure_metrics(reader=reader)
         runtime.configure(
             database_url=url,
             registry=flow_test_registry(),
@@ -378,7 +397,7 @@ async def flow_system(prefect_server: Any, flow_database_url: str) -> AsyncItera
         )
         task = asyncio.create_task(executor.run())
         try:
-            yield FlowSystem(deployment_id, url, executor)
+            yield FlowSystem(deployment_id, url, executor, reader)
         finally:
             executor.stop()
             with contextlib.suppress(asyncio.CancelledError):

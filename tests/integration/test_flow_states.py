@@ -72,7 +72,11 @@ async def test_compensation_runs_in_reverse_past_a_failing_one(flow_system: Flow
     flow_run = await flow_system.final(run_id)
 
     assert flow_run.state.is_failed()
-    assert "D: Device.Rejected: the device said no" in flow_run.state.message
+    # Where it started, what compensation did, how it ended.
+    assert (
+        "D failed (Device.Rejected: the device said no); compensated 3 steps (1 failed); "
+        "ended D: Device.Rejected: the device said no"
+    ) in flow_run.state.message
     assert await flow_system.effect_order(tag) == [
         names["a"],
         names["b"],
@@ -81,3 +85,28 @@ async def test_compensation_runs_in_reverse_past_a_failing_one(flow_system: Flow
         names["undoA"],
     ]
     assert await flow_system.effects("fail:Undo.Broken") >= 1  # B's undo ran, failed, saga went on
+
+
+async def test_runs_record_metrics_and_failed_attempts(flow_system: FlowSystem) -> None:
+    tag = _tag("metrics")
+    run_id = await flow_system.start("retry.json", {"tag": tag})
+    await flow_system.result(run_id)
+
+    runs = [
+        p
+        for p in flow_system.metric_points("orchestration.run.duration")
+        if p.attributes.get("workflow") == "rt-retry"
+    ]
+    assert runs and runs[0].attributes["outcome"] == "succeeded" and runs[0].count >= 1
+    states = {
+        p.attributes.get("state")
+        for p in flow_system.metric_points("orchestration.state.duration")
+        if p.attributes.get("workflow") == "rt-retry"
+    }
+    assert "Flaky" in states
+    failures = [
+        p
+        for p in flow_system.metric_points("orchestration.activity.failures")
+        if p.attributes == {"activity": "test.flaky", "error": "Device.Busy"}
+    ]
+    assert failures and failures[0].value >= 2  # two failed attempts before the success
