@@ -225,10 +225,19 @@ class RunDriver:
             if short["slept"]:
                 return WaitElapsed(at=until)
         else:
+            # Register first, then look in the store: an event recorded after the registration
+            # is seen by the router (it finds the wait and resumes us); one recorded before it
+            # is found by this claim. One side always sees the other.
+            await _keyed(steps.register_wait, self.run_id, "register", key)(
+                self.run_id, key, self.subject, action.event, until.isoformat() if until else None
+            )
             claimed = await _keyed(steps.claim_event, self.run_id, "claim", key)(
-                self.subject, action.event, key
+                self.subject, action.event, self._claim_key(key)
             )
             if claimed is not None:
+                await _keyed(steps.resolve_wait, self.run_id, "resolve", key)(
+                    self.run_id, key, "event"
+                )
                 return _received(claimed)
         # Suspend until woken. A wake that is not for this wait (a timer resume that reached the
         # run early, an event another wait took) suspends again under the next key: the sequence
@@ -243,13 +252,18 @@ class RunDriver:
                     return WaitElapsed(at=until)
             else:
                 claimed = await _keyed(steps.claim_event, self.run_id, "claim-after", suspend_key)(
-                    self.subject, action.event, key
+                    self.subject, action.event, self._claim_key(key)
                 )
                 if claimed is not None:
                     return _received(claimed)
                 if timer_due and until is not None:
                     return EventTimedOut(at=until)
             attempt += 1
+
+    def _claim_key(self, wait_key: str) -> str:
+        """What marks an event consumed: wait keys repeat across runs of one workflow, so the
+        run id makes it unique (a later run must never receive an earlier run's event)."""
+        return f"{self.run_id}:{wait_key}"
 
     async def _suspend(self, key: str, event: str | None, until: datetime | None) -> WakeInput:
         """Register the wait, then suspend the run until the resumer or the router wakes it."""
