@@ -26,6 +26,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +177,22 @@ async def run_local(rt: IngressRuntime, args: argparse.Namespace, prefix: str) -
     await asyncio.gather(*(worker(i) for i in range(min(args.concurrency, args.devices))))
     elapsed = time.perf_counter() - started
     print(f"{'':>10}  outcomes: {dict(timed.outcomes)}")
-    return summary("local", args.devices * args.events, elapsed, timed.latencies)
+    data = summary("local", args.devices * args.events, elapsed, timed.latencies)
+    await drain_outbox(rt)
+    return data
+
+
+async def drain_outbox(rt: IngressRuntime, deadline: float = 300.0) -> None:
+    """Starts deferred to the outbox (Prefect slow or down) are the reconciler's to finish: run
+    it until nothing is outstanding, as ``orchestration listen`` does beside the listener."""
+    end = time.monotonic() + deadline
+    while await rt.ledger.outstanding():
+        if time.monotonic() > end:
+            return  # the count check reports what is left
+        report = await rt.reconciler.run_once(now=datetime.now(UTC) + timedelta(minutes=1))
+        if report.started or report.resumed:
+            print(f"{'':>10}  reconciler: {report}")
+        await asyncio.sleep(0.5)
 
 
 async def run_servicebus(
@@ -227,7 +243,9 @@ async def run_servicebus(
         listener.stop()
         await task
         print(f"{'':>10}  outcomes: {dict(timed.outcomes)}; listener: {dict(listener.stats)}")
-        return summary("servicebus", total, elapsed, timed.latencies)
+        data = summary("servicebus", total, elapsed, timed.latencies)
+        await drain_outbox(rt)
+        return data
     finally:
         broker.stop()
 

@@ -173,6 +173,7 @@ class Router:
         workflow: str,
         workflow_version: str | None = None,
         unavailable_backoff: float = 5.0,
+        max_concurrent_calls: int = 16,
     ) -> None:
         self._events = events
         self._ledger = ledger
@@ -183,6 +184,9 @@ class Router:
         # While Prefect is known to be down, go straight to the outbox instead of waiting out a
         # deadline on every event (a circuit breaker: the reconciler closes it again).
         self._unavailable_until = 0.0
+        # A batch of new devices must not stampede Prefect with a create per device at once
+        # (calls time out, the circuit opens and every start lands in the outbox): queue here.
+        self._calls = asyncio.Semaphore(max_concurrent_calls)
 
     # -- the decision ------------------------------------------------------------------------
 
@@ -311,12 +315,13 @@ class Router:
         if not probe:
             self._check_circuit()
         try:
-            run_id = await self._control.start(
-                parameters=request["parameters"],
-                idempotency_key=run_key,
-                name=request["name"],
-                tags=request["tags"],
-            )
+            async with self._calls:
+                run_id = await self._control.start(
+                    parameters=request["parameters"],
+                    idempotency_key=run_key,
+                    name=request["name"],
+                    tags=request["tags"],
+                )
         except ControlUnavailableError:
             self._open_circuit()
             raise
@@ -358,7 +363,8 @@ class Router:
         if not probe:
             self._check_circuit()
         try:
-            outcome = await self._control.resume(request["runId"], request["runInput"])
+            async with self._calls:
+                outcome = await self._control.resume(request["runId"], request["runInput"])
         except ControlUnavailableError:
             self._open_circuit()
             raise
