@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cli.ops",
     "cli.running",
     "cli.ingress",
+    "cli.db",
 )
 
 app = typer.Typer(
