@@ -1,4 +1,5 @@
-"""``python -m bench [compare|throughput|suspended|all] [--reps N] [--runs N]``.
+"""``python -m bench [compare|throughput|suspended|all] [--reps N] [--runs N]``, and
+``python -m bench ingress [--devices N --events N ...]`` (the ingress load test, bench/ingress.py).
 
 - compare: the same 10-state workflow as a JSON definition through the interpreter and written by
   hand as a Prefect flow (same activity, same server, same in-process executor), several
@@ -372,6 +373,16 @@ async def serve_throughput(runs: int, definitions: Path, app_url: str, env: dict
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["ingress"]:
+        # The ingress load test has its own options (python -m bench ingress --help).
+        from bench import ingress
+
+        ingress_parser = argparse.ArgumentParser(
+            prog="python -m bench ingress", description=ingress.__doc__
+        )
+        ingress.add_arguments(ingress_parser)
+        asyncio.run(ingress.main(ingress_parser.parse_args(sys.argv[2:])))
+        return
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
         "which", nargs="?", default="all", choices=["compare", "throughput", "suspended", "all"]
