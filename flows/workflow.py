@@ -24,6 +24,7 @@ from prefect.context import FlowRunContext
 
 from flows import definitions, steps
 from flows.driver import RunDriver, TransitionListener
+from flows.logfilter import install_suspend_log_filter
 from flows.runtime import Resources, get_resources
 from flows.wake import event_subject
 from interpreter.errors import OrchestrationError
@@ -42,6 +43,8 @@ __all__ = [
 ]
 
 FLOW_NAME = "run-workflow"
+
+install_suspend_log_filter()
 
 _listeners: list[TransitionListener] = []
 #: Runs whose engine finished, waiting for the hook that publishes their trail (popped there).
