@@ -19,8 +19,8 @@ class _SuspendIsNotAnError(logging.Filter):
         return True
 
 
-def install_suspend_log_filter() -> None:
-    """Attach the filter to Prefect's flow-run logger once (idempotent)."""
-    logger = logging.getLogger("prefect.flow_runs")
+def install_suspend_log_filter(logger: logging.Logger | None = None) -> None:
+    """Attach the filter to Prefect's flow-run logger (or ``logger``) once (idempotent)."""
+    logger = logger or logging.getLogger("prefect.flow_runs")
     if not any(isinstance(f, _SuspendIsNotAnError) for f in logger.filters):
         logger.addFilter(_SuspendIsNotAnError())

@@ -54,6 +54,7 @@ CODES: dict[str, str] = {
     "empty-wait": "a wait with nothing to wait for",
     "ambiguous-wait": "a wait with more than one of seconds, duration, timestamp, event",
     "unknown-compensation-state": "a compensation state names a state that does not exist",
+    "concurrent-waits": "waits in several parallel branches, or in a map running items at once",
     # warnings
     "wait-without-timeout": "an event wait with no timeout may wait forever",
     "timeout-next-without-timeout": "timeoutNext is never taken without timeoutSeconds",
@@ -63,6 +64,7 @@ CODES: dict[str, str] = {
     "unreachable-catch": "a catch rule after a catch-all '*' rule is never used",
     "max-interval-below-interval": "a retry's maxIntervalSeconds is lower than its intervalSeconds",
     "retry-on-and-do-not-retry-on": "a retryOn name that doNotRetryOn also matches",
+    "branch-compensation-scope": "compensations inside a branch are undone only within it",
 }
 
 

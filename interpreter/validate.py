@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
+from interpreter.branch_checks import check_branches
 from interpreter.checks import (
     Report,
     check_activity,
@@ -232,6 +233,7 @@ class _Validator:
             if state.result_path is not None:
                 check_result_path(report, state.result_path, at + pointer("resultPath"))
             check_catch(report, state.catch, at)
+            check_branches(report, name, state, at)
             if isinstance(state, MapState):
                 check_path(report, state.items_path, at + pointer("itemsPath"))
         elif isinstance(state, SucceedState) and state.output is not None:
