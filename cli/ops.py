@@ -77,9 +77,16 @@ def automations_apply(
     definitions: Annotated[
         Path | None, typer.Option(help="Definitions directory (for the longest wait)")
     ] = None,
+    guard_deployment: Annotated[
+        str | None,
+        typer.Option(help="Crash-guard deployment flow/name (default crash-guard/crash-guard)"),
+    ] = None,
     output: OutputOption = OutputFormat.text,
 ) -> None:
-    """Create or update the stuck-run and crashed-run automations (idempotent)."""
+    """Create or update the stuck-run and crashed-run automations (idempotent).
+
+    The crashed-run automation runs the crash-guard deployment (deploy it first), which marks a
+    silent run Crashed only if it is still Running or Pending."""
     from pydantic import SecretStr, ValidationError
 
     from operations.automations import AlertSettings
@@ -92,6 +99,7 @@ def automations_apply(
         "deployments": deployment or None,
         "heartbeat_seconds": heartbeat_seconds,
         "definitions_dir": definitions,
+        "guard_deployment": guard_deployment,
     }
     try:
         settings = AlertSettings(**{k: v for k, v in overrides.items() if v is not None})
@@ -121,7 +129,7 @@ def automations_apply(
         typer.echo(f"{a.outcome:<9}  {a.name}  ({a.id})")
     typer.echo(
         f"stuck after {plan.threshold} (paused: {plan.paused_threshold}); "
-        f"crashed after {plan.crash_window} without a heartbeat"
+        f"crash guard after {plan.crash_window} without a heartbeat"
     )
 
 

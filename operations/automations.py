@@ -1,12 +1,18 @@
 """Stuck-run and crashed-run alerts as Prefect automations: defined as code, applied idempotently.
 
-Three automations, named ``orchestration: ...``, owned by ``orchestration automations apply``:
+Four automations, named ``orchestration: ...``, owned by ``orchestration automations apply``:
 
 - ``stuck-active``: a run of a watched deployment that stays Pending, Running, Retrying or Resuming
   (the run was resumed but nothing picked it up) longer than ``threshold`` (default 50 hours).
 - ``stuck-waiting``: a run that stays Paused or Suspended longer than ``paused_threshold``.
 - ``crashed``: a run of a watched deployment whose heartbeats stop (its process died: ``kill -9``, a
-  lost container, an executor killed mid-run) is marked Crashed, and the webhook is told.
+  lost container, an executor killed mid-run) for the crash window. It changes no state itself: it
+  starts a run of the guard deployment (``crash-guard/crash-guard``, ``operations.crash_guard``),
+  which marks the run Crashed only if it is still Running/Pending and still silent. A heartbeat
+  that races a suspend reopens the trigger's window on a live suspended run; the guard is what
+  keeps such a run alive (see ``operations.crash_guard``).
+- ``run-crashed``: any run of a watched deployment entering Crashed (marked by the guard, by a
+  worker, or by the executor on shutdown) tells the webhook.
 
 Stuck vs waiting. A device workflow legitimately sits Paused/Suspended while it waits for an
 event or a timer; it is "stuck" only once it is past its own wait (the timer resumer should
@@ -56,7 +62,8 @@ __all__ = [
 NAME_STUCK_ACTIVE = "orchestration: stuck run (pending or running)"
 NAME_STUCK_WAITING = "orchestration: stuck run (paused past its waits)"
 NAME_CRASHED = "orchestration: crashed run (heartbeats stopped)"
-AUTOMATION_NAMES = (NAME_STUCK_ACTIVE, NAME_STUCK_WAITING, NAME_CRASHED)
+NAME_RUN_CRASHED = "orchestration: run crashed (alert)"
+AUTOMATION_NAMES = (NAME_STUCK_ACTIVE, NAME_STUCK_WAITING, NAME_CRASHED, NAME_RUN_CRASHED)
 
 # Every flow-run state name Prefect emits as ``prefect.flow-run.<name>``: any of them ends a window.
 STATE_NAMES = (
@@ -113,6 +120,8 @@ class AlertSettings(BaseSettings):
     webhook_block: str = "orchestration-alerts"
     webhook_url: SecretStr | None = None
     deployments: list[str] = Field(default_factory=lambda: ["run-workflow/device-workflow"])
+    #: The deployment of ``operations.crash_guard`` the crashed-run automation runs.
+    guard_deployment: str = "crash-guard/crash-guard"
     definitions_dir: Path = Path("definitions")
 
 
@@ -133,6 +142,7 @@ class AlertPlan:
     crash_window: timedelta
     deployment_ids: tuple[UUID, ...]
     webhook_block_id: UUID | None
+    guard_deployment_id: UUID
 
 
 @dataclass(frozen=True)
@@ -222,8 +232,7 @@ def _webhook_actions(block_id: UUID | None, alert: str, window: timedelta) -> li
 
 def build_automations(plan: AlertPlan) -> list[Any]:
     """The automations for ``plan`` as ``AutomationCore`` objects (no I/O)."""
-    from prefect.client.schemas.objects import StateType
-    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.actions import RunDeployment
     from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
     related = {
@@ -263,11 +272,14 @@ def build_automations(plan: AlertPlan) -> list[Any]:
         trigger=proactive({_event(s) for s in WAITING_STATES}, all_states, plan.paused_threshold),
         actions=_webhook_actions(plan.webhook_block_id, "stuck-waiting", plan.paused_threshold),
     )
+    window = plan.crash_window.total_seconds()
     crashed = AutomationCore(
         name=NAME_CRASHED,
         description=(
-            f"No heartbeat from a workflow run for {plan.crash_window.total_seconds():g} s: "
-            "its process died. Marks it Crashed. Applied by `orchestration automations apply`."
+            f"No heartbeat from a workflow run for {window:g} s: its process may have died. "
+            "Runs the crash guard, which marks the run Crashed only if it is still Running or "
+            "Pending and silent (a heartbeat racing a suspend reopens this window on a live "
+            "suspended run). Applied by `orchestration automations apply`."
         ),
         trigger=proactive(
             {HEARTBEAT_EVENT},
@@ -275,18 +287,32 @@ def build_automations(plan: AlertPlan) -> list[Any]:
             plan.crash_window,
         ),
         actions=[
-            ChangeFlowRunState(
-                state=StateType.CRASHED,
-                name="Crashed",
-                message=(
-                    f"No heartbeat for {plan.crash_window.total_seconds():g} s: the process "
-                    "running this flow run is presumed dead (orchestration crashed-run automation)."
-                ),
-            ),
-            *_webhook_actions(plan.webhook_block_id, "crashed", plan.crash_window),
+            RunDeployment(
+                source="selected",
+                deployment_id=plan.guard_deployment_id,
+                # Rendered by the server when the trigger fires; `| string`: a bare UUID fails.
+                parameters={"flow_run_id": "{{ flow_run.id | string }}", "window_seconds": window},
+            )
         ],
     )
-    return [stuck_active, stuck_waiting, crashed]
+    run_crashed = AutomationCore(
+        name=NAME_RUN_CRASHED,
+        description=(
+            "A workflow run entered Crashed (the crash guard, a worker or the executor marked "
+            "it). Applied by `orchestration automations apply`."
+        ),
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related=related,
+            expect={_event("Crashed")},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=_webhook_actions(plan.webhook_block_id, "crashed", plan.crash_window),
+    )
+    return [stuck_active, stuck_waiting, crashed, run_crashed]
 
 
 async def resolve_deployments(client: Any, names: Sequence[str]) -> tuple[UUID, ...]:
@@ -409,11 +435,13 @@ async def make_plan(client: Any, settings: AlertSettings) -> tuple[AlertPlan, li
             f"no Webhook block {settings.webhook_block!r} and no --webhook-url: alerts notify "
             "nobody (crashed runs are still marked Crashed)"
         )
+    (guard_id,) = await resolve_deployments(client, [settings.guard_deployment])
     plan = AlertPlan(
         threshold=threshold,
         paused_threshold=paused,
         crash_window=timedelta(seconds=settings.heartbeat_seconds * settings.missed_heartbeats),
         deployment_ids=await resolve_deployments(client, settings.deployments),
         webhook_block_id=block_id,
+        guard_deployment_id=guard_id,
     )
     return plan, warnings

@@ -7,18 +7,24 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from prefect import get_client
+from prefect.events.actions import RunDeployment
+from prefect.events.schemas.automations import EventTrigger
 from prefect.states import Completed, Paused, Pending, Running
 
 from operations.automations import (
+    AUTOMATION_NAMES,
+    NAME_CRASHED,
     NAME_STUCK_ACTIVE,
     AlertSettings,
     apply_automations,
     make_plan,
 )
+from operations.crash_guard import crash_guard
 from tests.integration.ops_helpers import WebhookReceiver, wait_for, webhook_receiver
 from tests.integration.ops_probe_flows import ops_probe
 
@@ -26,6 +32,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ACTIVE_SECONDS = 10.0
 PAUSED_SECONDS = 30.0
+GUARD = f"guard-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
@@ -41,8 +48,16 @@ async def _deployment(client: Any) -> str:
     return f"ops-probe/{name}"
 
 
+async def _guard_deployment(client: Any) -> str:
+    """A crash-guard deployment for the crashed-run automation to name (nothing runs it here)."""
+    flow_id = await client.create_flow(crash_guard)
+    await client.create_deployment(flow_id=flow_id, name=GUARD)
+    return f"crash-guard/{GUARD}"
+
+
 def _settings(deployment: str, receiver: WebhookReceiver, **overrides: Any) -> AlertSettings:
     values: dict[str, Any] = {
+        "guard_deployment": f"crash-guard/{GUARD}",
         "threshold_hours": ACTIVE_SECONDS / 3600,
         "paused_threshold_hours": PAUSED_SECONDS / 3600,
         "webhook_url": receiver.url,
@@ -58,6 +73,7 @@ async def test_apply_is_idempotent_and_updates_on_change(
 ) -> None:
     async with get_client() as client:
         deployment = await _deployment(client)
+        guard = await client.read_deployment_by_name(await _guard_deployment(client))
         settings = _settings(deployment, receiver)
         plan, _ = await make_plan(client, settings)
         first = await apply_automations(client, plan)
@@ -65,23 +81,37 @@ async def test_apply_is_idempotent_and_updates_on_change(
         changed, _ = await make_plan(client, _settings(deployment, receiver, threshold_hours=1.0))
         third = await apply_automations(client, changed)
         stored = await client.read_automations_by_name(NAME_STUCK_ACTIVE)
+        (crashed,) = await client.read_automations_by_name(NAME_CRASHED)
 
     assert {a.outcome for a in first} <= {"created", "updated"}
-    assert [a.outcome for a in second] == ["unchanged"] * 3
+    assert [a.outcome for a in second] == ["unchanged"] * len(AUTOMATION_NAMES)
     assert [a.id for a in second] == [a.id for a in first]
     by_name = {a.name: a.outcome for a in third}
     assert by_name[NAME_STUCK_ACTIVE] == "updated"
     assert len(stored) == 1
-    assert stored[0].trigger.within.total_seconds() == 3600
+    trigger = stored[0].trigger
+    assert isinstance(trigger, EventTrigger)
+    assert trigger.within == timedelta(hours=1)
+    # The crashed-run automation changes no state itself: it runs the guard for the run.
+    (action,) = crashed.actions
+    assert isinstance(action, RunDeployment)
+    assert action.deployment_id == guard.id
+    assert action.parameters is not None and action.parameters["window_seconds"] == 90
 
 
 async def test_missing_deployment_is_refused(
     prefect_server: object, receiver: WebhookReceiver
 ) -> None:
     async with get_client() as client:
+        await _guard_deployment(client)
         with pytest.raises(LookupError) as caught:
             await make_plan(client, _settings("ops-probe/no-such-deployment", receiver))
+        watched = await _deployment(client)
+        no_guard = _settings(watched, receiver, guard_deployment="crash-guard/not-deployed")
+        with pytest.raises(LookupError) as no_guard_caught:
+            await make_plan(client, no_guard)
     assert "ops-probe/no-such-deployment" in str(caught.value)
+    assert "crash-guard/not-deployed" in str(no_guard_caught.value)
 
 
 async def test_stuck_running_alerts_once_and_waiting_run_uses_paused_threshold(
@@ -89,6 +119,7 @@ async def test_stuck_running_alerts_once_and_waiting_run_uses_paused_threshold(
 ) -> None:
     async with get_client() as client:
         deployment_name = await _deployment(client)
+        await _guard_deployment(client)
         plan, _ = await make_plan(client, _settings(deployment_name, receiver))
         await apply_automations(client, plan)
         deployment = await client.read_deployment_by_name(deployment_name)
