@@ -23,6 +23,7 @@ from interpreter.keys import (
     step_key,
     wait_key,
 )
+from interpreter.limits import MAX_MAP_ITEMS
 from interpreter.models import MapState, ParallelState, TaskState, WaitState
 from interpreter.paths import is_path, require, resolve_template
 from interpreter.retry import effective_policy
@@ -187,6 +188,11 @@ def _map(
         raise InvalidValueError(
             f"itemsPath {state.items_path!r} of state {name!r} is a "
             f"{type(items).__name__}, expected an array"
+        )
+    if len(items) > MAX_MAP_ITEMS:
+        raise InvalidValueError(
+            f"itemsPath {state.items_path!r} of state {name!r} holds {len(items)} items; "
+            f"the limit is {MAX_MAP_ITEMS}"
         )
     parent = run.data.get("state", {})
     data = [

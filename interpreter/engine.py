@@ -43,6 +43,7 @@ from typing import Any, Final
 from interpreter.actions import build_action, compensations
 from interpreter.compiled import Compiled, compile_states
 from interpreter.errors import ExpressionError, RuntimeWorkflowError
+from interpreter.limits import MAX_RUN_STEPS
 from interpreter.models import (
     Branch,
     ChoiceState,
@@ -77,6 +78,7 @@ from interpreter.runtime import (
 from interpreter.transitions import (
     INVALID_VALUE,
     NO_CHOICE_MATCHED,
+    STEP_LIMIT,
     TIMEOUT,
     TRANSITION_LIMIT,
     Actionable,
@@ -93,6 +95,7 @@ from interpreter.transitions import (
 __all__ = [
     "INVALID_VALUE",
     "NO_CHOICE_MATCHED",
+    "STEP_LIMIT",
     "TIMEOUT",
     "TRANSITION_LIMIT",
     "Engine",
@@ -226,6 +229,9 @@ class Engine:
             name = next_target
             visits = {**run.visits, name: run.visits.get(name, 0) + 1}
             run = run.model_copy(update={"current": name, "visits": visits})
+            if len(run.trail) >= MAX_RUN_STEPS:
+                cause = f"the run entered {len(run.trail)} states, the limit, at {name!r}"
+                return uncaught(self._scope, run, name, "step", STEP_LIMIT, cause)
             if steps > MAX_PASS_THROUGH:
                 cause = f"more than {MAX_PASS_THROUGH} choice steps without any work, at {name!r}"
                 return uncaught(self._scope, run, name, "choice", TRANSITION_LIMIT, cause)

@@ -9,7 +9,9 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_DOCUMENT_BYTES",
     "MAX_EXPRESSION_LENGTH",
+    "MAX_MAP_ITEMS",
     "MAX_REGEX_LENGTH",
+    "MAX_RUN_STEPS",
     "MAX_STATES",
     "REGEX_TIMEOUT_SECONDS",
 ]
@@ -28,3 +30,7 @@ MAX_REGEX_LENGTH: Final = 500
 REGEX_TIMEOUT_SECONDS: Final = 0.05
 #: Deepest nesting of parallel/map branches inside each other.
 MAX_BRANCH_NESTING: Final = 8
+#: Most items one map state fans out to (each is a branch run with its own tasks and keys).
+MAX_MAP_ITEMS: Final = 10_000
+#: Most states one run (or one branch) may enter: bounds the trail, the artifact and replay cost.
+MAX_RUN_STEPS: Final = 10_000

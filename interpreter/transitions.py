@@ -34,6 +34,7 @@ from interpreter.runtime import Outcome, RunState, SystemContext, TrailEntry
 __all__ = [
     "INVALID_VALUE",
     "NO_CHOICE_MATCHED",
+    "STEP_LIMIT",
     "TIMEOUT",
     "TRANSITION_LIMIT",
     "Actionable",
@@ -56,6 +57,7 @@ NO_CHOICE_MATCHED: Final = "States.NoChoiceMatched"
 TIMEOUT: Final = "States.Timeout"
 INVALID_VALUE: Final = "States.InvalidValue"
 TRANSITION_LIMIT: Final = "States.TransitionLimit"
+STEP_LIMIT: Final = "States.StepLimit"
 
 #: The states the executor sees (choice, succeed and fail are resolved inside the engine).
 Actionable = TaskState | WaitState | ParallelState | MapState | CompensationState
