@@ -3,8 +3,9 @@
 ``create_app(settings)`` builds it; the lifespan opens one Prefect client and the ingress (database,
 router) for the process. Endpoints mirror the original design's HTTP functions; OpenAPI at
 ``/docs``. Errors: 401 without a valid key, 404 unknown workflow, 409 a request the run's state
-forbids, 413 body too large, 422 invalid request (FastAPI's validation details), 503 Prefect or
-the database unavailable.
+forbids, 413 body too large, 422 invalid request (FastAPI's validation details) or a
+``workflowType`` the definitions source does not have, 503 Prefect, the database or the
+definitions source unavailable.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Path, Request, status
 from fastapi.responses import JSONResponse
 
+from api.definitions import DefinitionPinner, DefinitionsUnavailableError, UnknownWorkflowError
 from api.models import (
     NAME_PATTERN,
     DeviceEventRequest,
@@ -69,7 +71,9 @@ def create_app(settings: ApiSettings | None = None, *, database_url: str | None 
                 max_message_bytes=settings.max_body_bytes,
             ) as runtime,
         ):
-            app.state.service = WorkflowService(control, runtime.ingress)
+            app.state.service = WorkflowService(
+                control, runtime.ingress, DefinitionPinner.from_environment()
+            )
             try:
                 yield
             finally:
@@ -91,6 +95,14 @@ def create_app(settings: ApiSettings | None = None, *, database_url: str | None 
     @app.exception_handler(ControlError)
     async def _refused(_request: Request, exc: ControlError) -> JSONResponse:
         return JSONResponse({"detail": f"Prefect refused: {exc}"}, status_code=502)
+
+    @app.exception_handler(UnknownWorkflowError)
+    async def _unknown_workflow(_request: Request, exc: UnknownWorkflowError) -> JSONResponse:
+        return JSONResponse({"detail": f"workflowType: {exc}"}, status_code=422)
+
+    @app.exception_handler(DefinitionsUnavailableError)
+    async def _no_definitions(_request: Request, exc: DefinitionsUnavailableError) -> JSONResponse:
+        return JSONResponse({"detail": f"definitions unavailable: {exc}"}, status_code=503)
 
     @app.exception_handler(NotFoundError)
     async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:

@@ -1,8 +1,10 @@
 """What the management API does, over the Prefect client and the ingress pipeline.
 
 Starting, reading and terminating runs go to Prefect (through ``listeners.control``'s client and
-its error translation); raising an event goes through ``Ingress.process``, exactly the path a
-Service Bus message takes (record, then start, resume or leave for the run to claim).
+its error translation); a run is started with its definition pinned by content hash
+(``api.definitions``), so it executes the definition as it was when it was started. Raising an
+event goes through ``Ingress.process``, exactly the path a Service Bus message takes (record, then
+start, resume or leave for the run to claim).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import re
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from api.definitions import DefinitionPinner
 from api.models import EventAccepted, StartWorkflowRequest, TrailStep, WorkflowStatus
 from listeners.control import ControlError, PrefectRunControl
 from operations.observability import log_context, metrics
@@ -38,13 +41,21 @@ class ConflictError(Exception):
 
 
 class WorkflowService:
-    def __init__(self, control: PrefectRunControl, ingress: Ingress) -> None:
+    def __init__(
+        self, control: PrefectRunControl, ingress: Ingress, definitions: DefinitionPinner
+    ) -> None:
         self._control = control
         self._ingress = ingress
+        self._definitions = definitions
 
     # -- runs --------------------------------------------------------------------------------
 
     async def start(self, request: StartWorkflowRequest) -> WorkflowStatus:
+        """Pin the definition as it is now, then create the run (once per instance id).
+
+        Starting an instance id again returns its run as it was created: Prefect keeps the first
+        run's parameters, hash included, whatever the definition has become since."""
+        digest = await self._definitions.pin(request.workflow_type, request.version)
         instance = request.instance_id
         key = f"api:{instance}" if instance else f"api:{uuid.uuid4()}"
         tags = [f"workflow:{request.workflow_type}", "api"]
@@ -58,6 +69,7 @@ class WorkflowService:
                 "input": request.input,
                 "version": request.version,
                 "device_id": request.device_id,
+                "definition_hash": digest,
             },
             idempotency_key=key,
             name=f"{request.workflow_type}-{instance or key[4:12]}",

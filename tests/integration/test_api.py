@@ -1,11 +1,14 @@
 """The management API through a real HTTP server (``orchestration serve-api`` in a subprocess on
-127.0.0.1) against the real Prefect server: start (idempotent on the instance id), status,
-device events through the ingress path, terminate, health, and the bad requests."""
+127.0.0.1) against the real Prefect server: start (idempotent on the instance id, the definition
+pinned at start), status, device events through the ingress path, terminate, health, and the bad
+requests."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -30,9 +33,8 @@ MAX_BODY = 4096
 
 @pytest.fixture(scope="module")
 def deployment(prefect_server: object) -> str:
-    """A deployment of the real workflow flow, with no worker: its runs stay Scheduled."""
-    import asyncio
-
+    """A deployment of the real workflow flow, with no worker: its runs stay Scheduled unless a
+    test executes one itself (as a process worker would)."""
     from prefect import get_client
 
     from flows.workflow import run_workflow
@@ -42,25 +44,55 @@ def deployment(prefect_server: object) -> str:
     async def create() -> None:
         async with get_client() as client:
             flow_id = await client.create_flow(run_workflow)
-            await client.create_deployment(flow_id=flow_id, name=name)
+            await client.create_deployment(
+                flow_id=flow_id,
+                name=name,
+                entrypoint="flows/workflow.py:run_workflow",
+                pull_steps=[
+                    {
+                        "prefect.deployments.steps.set_working_directory": {
+                            "directory": str(REPO_ROOT)
+                        }
+                    }
+                ],
+            )
 
     asyncio.run(create())
     return f"run-workflow/{name}"
 
 
 @pytest.fixture(scope="module")
-def api(deployment: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("api")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The API's files: a copy of definitions/ it reads from, the pinned store, its database."""
+    path = tmp_path_factory.mktemp("api")
+    shutil.copytree(REPO_ROOT / "definitions", path / "definitions")
+    return path
+
+
+def _app_env(workdir: Path) -> dict[str, str]:
+    """What the API and the workflow runs share: definitions, pinned store, database."""
     env = dict(os.environ)
+    env.update(
+        {
+            "ORCH_DEFINITIONS_DIRECTORY": str(workdir / "definitions"),
+            "ORCH_FLOW_DEFINITIONS_DIR": str(workdir / "pinned"),
+            "ORCH_DB_URL": f"sqlite+aiosqlite:///{workdir / 'orchestration.db'}",
+            "PYTHONPATH": str(REPO_ROOT),
+        }
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def api(deployment: str, workdir: Path) -> Iterator[str]:
+    port = free_port()
+    env = _app_env(workdir)
     env.update(
         {
             "ORCH_API_API_KEYS": json.dumps([KEY, OTHER_KEY]),
             "ORCH_API_MAX_BODY_BYTES": str(MAX_BODY),
             "ORCH_API_DEPLOYMENT": deployment,
             "ORCH_INGRESS_WORKFLOW": "api-test-workflow",
-            "ORCH_DB_URL": f"sqlite+aiosqlite:///{workdir / 'orchestration.db'}",
-            "PYTHONPATH": str(REPO_ROOT),
         }
     )
     log = (workdir / "api.log").open("wb")
@@ -148,6 +180,63 @@ def test_start_is_idempotent_on_instance_id_and_status_reads_it(http: httpx.Clie
     assert by_id["createdAt"] is not None and by_id["lastUpdatedAt"] is not None
     other = http.post("/workflows", json={**body, "instanceId": instance + "-2"}).json()
     assert other["id"] != started["id"]
+
+
+def _probe_definition(edition: str) -> str:
+    return json.dumps(
+        {
+            "name": "pin-probe",
+            "version": "1",
+            "startAt": "Done",
+            "states": {"Done": {"type": "succeed", "output": {"edition": edition}}},
+        }
+    )
+
+
+def test_a_run_executes_the_definition_as_it_was_when_the_api_started_it(
+    http: httpx.Client, workdir: Path
+) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.objects import StateType
+
+    from interpreter.loader import definition_hash, load_definition
+
+    path = workdir / "definitions" / "pin-probe.json"
+    path.write_text(_probe_definition("first"), encoding="utf-8")
+    started = http.post("/workflows", json={"workflowType": "pin-probe", "input": {}})
+    assert started.status_code == 202, started.text
+    run_id = uuid.UUID(started.json()["id"])
+    expected = definition_hash(load_definition(_probe_definition("first")))
+    # Same name, same version, different content: changed before any worker picked the run up.
+    path.write_text(_probe_definition("second"), encoding="utf-8")
+
+    async def run_it() -> tuple[dict[str, Any], Any]:
+        async with get_client() as client:
+            created = await client.read_flow_run(run_id)
+            env = _app_env(workdir)
+            env["PREFECT__FLOW_RUN_ID"] = str(run_id)
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "prefect.engine", cwd=REPO_ROOT, env=env
+            )
+            assert await asyncio.wait_for(process.wait(), timeout=120) == 0
+            finished = await client.read_flow_run(run_id)
+            assert finished.state is not None and finished.state.type == StateType.COMPLETED
+            return created.parameters, await finished.state.aresult()
+
+    parameters, result = asyncio.run(run_it())
+    assert result == {"edition": "first"}  # not "second": the file as it was at start
+    assert parameters["definition_hash"] == expected
+    pinned = workdir / "pinned" / expected[:2] / f"{expected}.json"
+    assert pinned.is_file()
+
+
+def test_starting_an_unknown_workflow_type_is_422_and_starts_nothing(http: httpx.Client) -> None:
+    instance = f"unknown-{uuid.uuid4().hex[:8]}"
+    body = {"workflowType": "no-such-flow", "instanceId": instance}
+    response = http.post("/workflows", json=body)
+    assert response.status_code == 422
+    assert "no-such-flow" in response.json()["detail"]
+    assert http.get(f"/workflows/{instance}").status_code == 404
 
 
 def test_terminate_cancels_and_a_second_terminate_conflicts(http: httpx.Client) -> None:
