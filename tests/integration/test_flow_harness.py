@@ -15,7 +15,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,11 @@ class SlowInput(ActivityInput):
 
 class SpanInput(ActivityInput):
     group: str
+    #: Wait (up to ``meet_deadline``) until this many spans of the group have once been in
+    #: progress together (the first ones meet; later ones find it done)...
+    meet: int = 1
+    meet_deadline: float = 30.0
+    #: ...then stay in progress this long (time for one more to enter, were the limit broken).
     seconds: float
 
 
@@ -76,6 +81,8 @@ class Overlap:
     current: int = 0
     most: int = 0
     entries: int = 0
+    #: Set once ``meet`` spans of the group have been in progress together.
+    met: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 #: ``test.span`` records here: the executor runs in this process.
@@ -187,6 +194,12 @@ def flow_test_registry() -> ActivityRegistry:
         overlap.entries += 1
         overlap.most = max(overlap.most, overlap.current)
         try:
+            # A rendezvous, not a race: however slow the machine, spans that may run together
+            # do meet (a limit that serialized them would leave each alone until its deadline).
+            if overlap.current >= data.meet:
+                overlap.met.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(overlap.met.wait(), data.meet_deadline)
             await asyncio.sleep(data.seconds)
         finally:
             overlap.current -= 1
@@ -284,6 +297,16 @@ class FlowSystem:
             await asyncio.sleep(0.2)
         state = flow_run.state if flow_run else None
         raise AssertionError(f"run {run_id} not {what} within {deadline}s (state: {state})")
+
+    async def idle(self, deadline: float = 30.0) -> None:
+        """Wait until the executor holds no run (a suspended run's engine returns shortly after
+        the server shows it Paused)."""
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            if not self.executor.in_flight:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{self.executor.in_flight} runs still in flight after {deadline}s")
 
     async def final(self, run_id: uuid.UUID, deadline: float = DEADLINE) -> Any:
         return await self.wait_state(run_id, lambda s: s.is_final(), "final", deadline)

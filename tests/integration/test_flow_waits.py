@@ -33,7 +33,7 @@ async def test_event_resumes_a_suspended_run_with_its_payload(flow_system: FlowS
     run_id = await flow_system.start("event.json", {"tag": tag}, device_id=device)
     await flow_system.suspended(run_id, "waitready")
     assert await flow_system.effects(tag) == 0
-    assert not flow_system.executor.in_flight  # suspended: nothing held in the executor
+    await flow_system.idle()  # suspended: once the engine returns, nothing held in the executor
 
     await flow_system.send_event(device, "device.ready", {"firmware": "2.1"})
     output = await flow_system.result(run_id)
