@@ -385,9 +385,23 @@ async def _worker(concurrency: int, deployment: str) -> None:
     how = "created (no work pool)" if created else "existing"
     typer.echo(f"executing runs of deployment {FLOW_NAME}/{deployment} ({how}, {deployment_id})")
     executor = Executor({deployment_id: run_workflow}, concurrency=concurrency)
+    loop = asyncio.get_running_loop()
+
+    def stop(name: str) -> None:
+        # Said when it happens: an operator (and the drain test) sees what the worker waits for.
+        typer.echo(
+            f"{name}: no new runs; draining {executor.in_flight} in flight "
+            f"(up to {executor.drain_seconds:g}s)"
+        )
+        executor.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop, sig.name)
     try:
-        await executor.run(handle_signals=True)
+        await executor.run()
     finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
         await runtime.reset()
     typer.echo(f"stopped: {executor.stats.as_dict()}")
 

@@ -50,6 +50,8 @@ class FlakyInput(ActivityInput):
 
 class FailInput(ActivityInput):
     error: str
+    #: The side effect recorded for the attempt (default ``fail:<error>``).
+    name: str | None = None
     cause: str = "it failed"
     retryable: bool = False
 
@@ -114,8 +116,7 @@ def flow_test_registry() -> ActivityRegistry:
 
     registry = ActivityRegistry()
     for module_name in BUILTIN_MODULES:
-        with contextlib.suppress(ModuleNotFoundError):
-            importlib.import_module(module_name).register(registry)
+        importlib.import_module(module_name).register(registry)
 
     @registry.activity(
         name="test.count",
@@ -151,7 +152,7 @@ def flow_test_registry() -> ActivityRegistry:
         output_model=_Out,
     )
     async def fail(ctx: ActivityContext, data: FailInput) -> _Out:
-        await _effect(ctx, f"fail:{data.error}")
+        await _effect(ctx, data.name or f"fail:{data.error}")
         raise ActivityError(data.error, data.cause, retryable=data.retryable)
 
     @registry.activity(

@@ -10,15 +10,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 
-from store.db import Database
 from tests.integration.test_flow_harness import RUNTIME_DEFINITIONS, flow_database_url
 
 __all__ = ["flow_database_url"]
@@ -56,6 +56,41 @@ async def _wait_for(what: str, probe: Any, deadline: float = DEADLINE) -> Any:
     raise AssertionError(f"{what}: not within {deadline}s")
 
 
+class _Hold:
+    """A local HTTP endpoint whose GET blocks until ``release`` is set: a run calling it is in
+    flight for as long as the test decides."""
+
+    def __init__(self) -> None:
+        self.arrived = threading.Event()
+        self.release = threading.Event()
+        hold = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hold.arrived.set()
+                released = hold.release.wait(DEADLINE)
+                body = json.dumps({"released": released}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hold"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
 async def test_worker_drains_a_run_in_flight_on_sigterm_and_exits_0(
     prefect_server: Any, flow_database_url: str, tmp_path: Path
 ) -> None:
@@ -63,10 +98,15 @@ async def test_worker_drains_a_run_in_flight_on_sigterm_and_exits_0(
     from prefect.exceptions import ObjectNotFound
 
     name = f"drain-{uuid.uuid4().hex[:8]}"
-    log = (tmp_path / "worker.log").open("wb")
+    log_path = tmp_path / "worker.log"
+    log = log_path.open("wb")
+    hold = _Hold()
+    env = _env(prefect_server, flow_database_url)
+    # The run's Hold state calls the local endpoint: loopback must be allowed in the worker.
+    env.update({"ORCH_HTTP_ALLOW_LOOPBACK": "true", "ORCH_HTTP_ALLOWED_HOSTS": '["127.0.0.1"]'})
     process = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is awaited
         _cli("worker", "--deployment", name, "--concurrency", "5"),
-        env=_env(prefect_server, flow_database_url),
+        env=env,
         cwd=REPO,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -84,36 +124,29 @@ async def test_worker_drains_a_run_in_flight_on_sigterm_and_exits_0(
             found = await _wait_for("the worker registers its deployment", deployment)
             path = RUNTIME_DEFINITIONS / "drain.json"
             flow_run = await client.create_flow_run_from_deployment(
-                found.id, parameters={"workflow": str(path), "input": {"kind": name}}
+                found.id,
+                parameters={"workflow": str(path), "input": {"kind": name, "holdUrl": hold.url}},
             )
-            db = await Database.connect(flow_database_url)
-
-            async def napping() -> bool:
-                # The first record exists: the run is past its first task, sleeping in place
-                # (3 s, under the worker's 5 s short-wait limit) inside the worker.
-                async with db.transaction() as connection:
-                    count = await connection.scalar(
-                        text("SELECT count(*) FROM records WHERE kind = :kind"), {"kind": name}
-                    )
-                return bool(count)
-
-            try:
-                await _wait_for("the run is in flight in the worker", napping)
-            finally:
-                await db.close()
+            # In flight, deterministically: the run is inside Hold until the test releases it.
+            assert await asyncio.to_thread(hold.arrived.wait, DEADLINE), log_path.read_text()
             process.send_signal(signal.SIGTERM)
+
+            async def draining() -> bool:
+                return "SIGTERM: no new runs; draining 1 in flight" in log_path.read_text()
+
+            await _wait_for("the worker acknowledges SIGTERM", draining)
+            assert process.poll() is None  # still draining: the run is held
+            hold.release.set()
             code = await asyncio.to_thread(process.wait, DEADLINE)
 
             final = await client.read_flow_run(flow_run.id)
-        assert code == 0, (tmp_path / "worker.log").read_text()
-        assert final.state is not None
-        assert final.state.is_completed() or final.state.is_paused(), final.state
-        assert not final.state.is_crashed()
-        if final.state.is_completed():
-            output = await final.state.aresult()
-            assert output == {"first": {"step": 1}, "second": {"step": 2}}
-        assert "stopped:" in (tmp_path / "worker.log").read_text()
+        assert code == 0, log_path.read_text()
+        assert final.state is not None and final.state.is_completed(), final.state
+        output = await final.state.aresult()
+        assert output == {"first": {"step": 1}, "held": {"released": True}, "second": {"step": 2}}
+        assert "stopped:" in log_path.read_text()
     finally:
+        hold.close()
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
