@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect.client.schemas.objects import State
 from prefect.exceptions import Pause
@@ -30,6 +30,7 @@ from flows import steps
 from flows.runtime import FlowSettings
 from flows.wake import WakeInput
 from interpreter.engine import Engine
+from interpreter.errors import OrchestrationError
 from interpreter.models import RetryPolicy
 from interpreter.runtime import (
     Action,
@@ -53,13 +54,32 @@ from interpreter.runtime import (
 )
 from operations.observability import log_context
 
-__all__ = ["RunDriver", "TransitionListener"]
+__all__ = ["RunDriver", "TaskRunNotCompletedError", "TransitionListener"]
 
 #: Called with every trail entry as the run takes it (replays report them again).
 TransitionListener = Callable[[TrailEntry], None]
 
+_E = TypeVar("_E", bound=BaseException)
+
 #: Compensations run once each: a failing compensation is recorded and the saga goes on.
 COMPENSATION_POLICY = RetryPolicy(max_attempts=1)
+
+
+class TaskRunNotCompletedError(OrchestrationError):
+    """An activity's task run ended Failed or Crashed: the machinery broke, not the activity.
+
+    The wrapper returns an activity's final failure as data, so this is never a workflow
+    outcome; no result was recorded, so the run fails here rather than make one up with the
+    flow's clock (a replay could not reproduce it).
+    """
+
+    def __init__(self, path: str, state_name: str, message: str) -> None:
+        super().__init__(
+            f"the task run of state {path!r} ended {state_name} ({message}), not Completed; "
+            "no outcome was recorded, so the run stops here"
+        )
+        self.path = path
+        self.state_name = state_name
 
 
 class _BranchFailedError(Exception):
@@ -201,15 +221,9 @@ class RunDriver:
         if task_state.is_completed():
             result: dict[str, Any] = await task_state.aresult()
             return result
-        # The wrapper returns final failures as data; a Failed/Crashed task run means the
-        # machinery itself broke (not cached: a replay runs it again).
-        message = task_state.message or task_state.name or "task run did not complete"
-        return {
-            "ok": False,
-            "error": steps.TASK_FAILED,
-            "cause": message,
-            "at": steps._iso(steps._now()),
-        }
+        raise TaskRunNotCompletedError(
+            path, str(task_state.name or task_state.type.value), task_state.message or "no message"
+        )
 
     # --- waits ---------------------------------------------------------------------------------
 
@@ -312,6 +326,9 @@ class RunDriver:
             pauses = group_error.subgroup(Pause)
             if pauses is not None:
                 raise _first(pauses) from None
+            broken = group_error.subgroup(TaskRunNotCompletedError)
+            if broken is not None:
+                raise _first(broken) from None  # its message, not "unhandled errors in a group"
             _fail_fast, rest = group_error.split(_BranchFailedError)
             if rest is not None:
                 raise
@@ -363,10 +380,11 @@ def _received(claimed: dict[str, Any]) -> EventReceived:
     return EventReceived(payload=claimed["payload"], at=datetime.fromisoformat(claimed["at"]))
 
 
-def _first(group: BaseExceptionGroup[Pause]) -> Pause:
+def _first(group: BaseExceptionGroup[_E]) -> _E:
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
-            return _first(exc)
+            inner: _E = _first(exc)
+            return inner
         return exc
     raise RuntimeError("empty exception group")  # pragma: no cover - subgroup is never empty
 
