@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,8 +60,16 @@ class Resources:
 
 
 _configured: dict[str, object] = {}
-_resources: dict[int, Resources] = {}
-_lock: asyncio.Lock | None = None
+#: Keyed by the loop object, not ``id(loop)``: CPython reuses ids, so a later ``asyncio.run``
+#: could otherwise get a pool bound to a closed loop. Resources reference their loop (the pool's
+#: connections do), so an entry never goes away by itself: ``_evict_closed`` drops closed loops'.
+_resources: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Resources] = (
+    weakref.WeakKeyDictionary()
+)
+#: One lock per loop: an ``asyncio.Lock`` must only be awaited on one loop.
+_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def configure(
@@ -80,29 +89,48 @@ def configure(
 
 
 async def reset() -> None:
-    """Close the shared database pools and forget the configuration (end of a CLI run, tests)."""
-    for resources in list(_resources.values()):
-        await resources.db.close()
+    """Close the shared database pools and forget the configuration (end of a CLI run, tests).
+
+    The running loop's pool is closed; pools of other loops cannot be awaited from here and are
+    dropped (their loops' own ``reset``, or their closing, is what ends their connections).
+    """
+    loop = asyncio.get_running_loop()
+    current = _resources.pop(loop, None)
+    await _evict_closed()
     _resources.clear()
     _configured.clear()
+    if current is not None:
+        await current.db.close()
 
 
 async def get_resources() -> Resources:
     """The resources of this process and event loop, built on first use."""
-    global _lock
-    loop_id = id(asyncio.get_running_loop())
-    found = _resources.get(loop_id)
+    loop = asyncio.get_running_loop()
+    found = _resources.get(loop)
     if found is not None:
         return found
-    if _lock is None:
-        _lock = asyncio.Lock()
-    async with _lock:
-        found = _resources.get(loop_id)
+    lock = _locks.setdefault(loop, asyncio.Lock())
+    async with lock:
+        found = _resources.get(loop)
         if found is not None:
             return found
+        await _evict_closed()
         found = await _build()
-        _resources[loop_id] = found
+        _resources[loop] = found
         return found
+
+
+async def _evict_closed() -> None:
+    """Forget the resources of loops that have closed (a finished ``asyncio.run``).
+
+    Their connections belong to a dead loop and cannot be closed from this one: the pool is
+    discarded without touching them (``dispose(close=False)``) and left to the garbage collector.
+    """
+    for loop in [loop for loop in list(_resources.keys()) if loop.is_closed()]:
+        stale = _resources.pop(loop, None)
+        _locks.pop(loop, None)
+        if stale is not None:
+            await stale.db.engine.dispose(close=False)
 
 
 async def _build() -> Resources:

@@ -1,13 +1,16 @@
 """The flow's guards on a real Prefect server (PostgreSQL): a task run that breaks fails the run
-instead of inventing an outcome."""
+instead of inventing an outcome, and each event loop gets its own database resources."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from flows import steps
+from flows.runtime import Resources
 from tests.integration.test_flow_harness import (
     FlowSystem,
     flow_database_url,
@@ -40,3 +43,22 @@ async def test_a_task_run_that_crashed_fails_the_run_naming_its_state(
         "the task run of state 'Echo' ended Crashed (the worker lost it), not Completed"
         in flow_run.state.message
     ), flow_run.state.message
+
+
+def test_each_event_loop_gets_its_own_resources(flow_system: FlowSystem) -> None:
+    from flows import runtime
+
+    async def use() -> tuple[Resources, int]:
+        resources = await runtime.get_resources()
+        async with resources.db.transaction() as connection:
+            value = await connection.scalar(text("SELECT 1"))
+        await resources.db.close()  # as a CLI command ends its loop
+        return resources, int(value or 0)
+
+    # CPython reuses the id of a freed loop: resources keyed by id would hand the second
+    # ``asyncio.run`` the first one's (bound to a closed loop).
+    first, _ = asyncio.run(use())
+    second, value = asyncio.run(use())
+
+    assert second is not first
+    assert value == 1
