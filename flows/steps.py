@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -26,6 +27,7 @@ from interpreter.retry import retry_delays, should_retry
 from operations.observability import metrics
 
 __all__ = [
+    "DefinitionPathError",
     "activity_task",
     "cache_key",
     "claim_event",
@@ -40,6 +42,10 @@ __all__ = [
 TASK_FAILED = "States.TaskFailed"
 TIMEOUT = "States.Timeout"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class DefinitionPathError(OrchestrationError):
+    """A ``workflow`` path that lies outside the directories definitions may be read from."""
 
 
 def cache_key(run_id: str, kind: str, key: str) -> str:
@@ -70,17 +76,22 @@ async def load_definition(workflow: str, version: str | None) -> dict[str, Any]:
 
     ``workflow`` is a path to a ``.json`` file, or a name the ``definitions.load`` activity
     resolves (directory or Azure Blob). Also records ``startedAt``, the run's stable clock origin.
+    A path must resolve inside the working directory or the definitions directory
+    (``ORCH_DEFINITIONS_DIRECTORY``): the parameter comes from API and UI callers.
     """
     from interpreter.loader import definition_hash
     from interpreter.loader import load_definition as parse_definition
 
+    resources = await get_resources()
     if workflow.endswith(".json"):
-        text = await asyncio.to_thread(_read_text, workflow)
+        path = allowed_definition_path(
+            workflow, [Path.cwd(), Path(resources.activity_context.definitions.directory)]
+        )
+        text = await asyncio.to_thread(_read_text, path)
         definition = parse_definition(text)
         document = definition.model_dump(mode="json", by_alias=True, exclude_none=True)
         digest = definition_hash(definition)
     else:
-        resources = await get_resources()
         ctx = resources.activity_context.for_call(idempotency_key=None, state="load-definition")
         loaded = await resources.registry.call(
             "definitions.load", ctx, {"workflow": workflow, "version": version}
@@ -90,7 +101,24 @@ async def load_definition(workflow: str, version: str | None) -> dict[str, Any]:
     return {"definition": document, "hash": digest, "startedAt": _iso(_now())}
 
 
-def _read_text(path: str) -> str:
+def allowed_definition_path(workflow: str, roots: list[Path]) -> Path:
+    """``workflow`` resolved (``..`` and symlinks followed), if it lies inside one of ``roots``.
+
+    Raises ``DefinitionPathError`` otherwise: a caller must not make a run read any file.
+    """
+    resolved = Path(workflow).resolve()
+    allowed = [root.resolve() for root in roots]
+    if any(resolved.is_relative_to(root) for root in allowed):
+        return resolved
+    where = ", ".join(str(root) for root in allowed)
+    raise DefinitionPathError(
+        f"definition path {workflow!r} resolves to {str(resolved)!r}, outside the directories "
+        f"definitions are read from ({where}); pass a workflow name, or put the file under one "
+        "of them (ORCH_DEFINITIONS_DIRECTORY)"
+    )
+
+
+def _read_text(path: Path) -> str:
     with open(path, encoding="utf-8") as handle:
         return handle.read()
 

@@ -227,6 +227,9 @@ class FlowSystem:
     executor: Any
     #: The process's metrics, read on demand (``operations.observability``).
     metric_reader: Any = None
+    #: ``ORCH_DEFINITIONS_DIRECTORY`` of the session: besides the working directory, the only
+    #: place a run reads a definition path from.
+    definitions_dir: Path = Path("definitions")
 
     def metric_points(self, name: str) -> list[Any]:
         """Every data point recorded so far for the instrument ``name``."""
@@ -249,8 +252,6 @@ class FlowSystem:
     ) -> uuid.UUID:
         """Create a run of ``definition``: pinned by hash as the CLI does, or (``pin=False``) by
         path only, as the ingress does (the flow then pins it in a cached task)."""
-        from prefect.client.orchestration import get_client
-
         from flows.definitions import pin as pin_definition
         from flows.workflow import run_name, run_tags
         from interpreter.loader import load_definition
@@ -267,14 +268,24 @@ class FlowSystem:
         }
         if pin:
             parameters["definition_hash"] = await pin_definition(load_definition(text))
+        return await self.create(
+            parameters,
+            name=run_name(workflow, device_id, uuid.uuid4().hex),
+            tags=run_tags(workflow, device_id, None),
+        )
+
+    async def create(
+        self, parameters: dict[str, Any], *, name: str | None = None, tags: list[str] | None = None
+    ) -> uuid.UUID:
+        """Create a run with exactly these parameters, as an API caller would."""
+        from prefect.client.orchestration import get_client
+
         async with get_client() as client:
             flow_run = await client.create_flow_run_from_deployment(
-                self.deployment_id,
-                parameters=parameters,
-                name=run_name(workflow, device_id, uuid.uuid4().hex),
-                tags=run_tags(workflow, device_id, None),
+                self.deployment_id, parameters=parameters, name=name, tags=tags
             )
-        return flow_run.id
+        run_id: uuid.UUID = flow_run.id
+        return run_id
 
     async def read(self, run_id: uuid.UUID) -> Any:
         from prefect.client.orchestration import get_client
@@ -371,7 +382,9 @@ def flow_database_url(postgres: PostgresServer) -> str:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def flow_system(prefect_server: Any, flow_database_url: str) -> AsyncIterator[FlowSystem]:
+async def flow_system(
+    prefect_server: Any, flow_database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[FlowSystem]:
     from prefect.settings import (
         PREFECT_API_URL,
         PREFECT_HOME,
@@ -385,6 +398,10 @@ async def flow_system(prefect_server: Any, flow_database_url: str) -> AsyncItera
     from flows.workflow import run_workflow
 
     url = flow_database_url
+    definitions_dir = tmp_path_factory.mktemp("definitions")
+    environment = pytest.MonkeyPatch()
+    # Read when the resources are built (below): where runs may read definition paths from.
+    environment.setenv("ORCH_DEFINITIONS_DIRECTORY", str(definitions_dir))
     with temporary_settings(
         updates={
             PREFECT_API_URL: prefect_server.api_url,
@@ -421,8 +438,9 @@ async def flow_system(prefect_server: Any, flow_database_url: str) -> AsyncItera
         )
         task = asyncio.create_task(executor.run())
         try:
-            yield FlowSystem(deployment_id, url, executor, reader)
+            yield FlowSystem(deployment_id, url, executor, reader, definitions_dir)
         finally:
+            environment.undo()
             executor.stop()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(task, timeout=60)

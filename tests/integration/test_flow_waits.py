@@ -7,7 +7,6 @@ import asyncio
 import json
 import shutil
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -100,9 +99,10 @@ async def test_suspend_and_resume_at_every_wait_runs_each_activity_once(
 
 @pytest.mark.parametrize("by_hash", [True, False], ids=["pinned-by-hash", "cached-task"])
 async def test_run_finishes_on_its_pinned_definition(
-    flow_system: FlowSystem, tmp_path: Path, by_hash: bool
+    flow_system: FlowSystem, by_hash: bool
 ) -> None:
-    path = tmp_path / "pinned.json"
+    # Inside the definitions directory: without a hash the flow reads the path itself.
+    path = flow_system.definitions_dir / f"pinned-{uuid.uuid4().hex[:8]}.json"
     shutil.copy(RUNTIME_DEFINITIONS / "event.json", path)
     device = _tag("dev")
     run_id = await flow_system.start(path, {"tag": _tag("pin")}, device_id=device, pin=by_hash)
