@@ -402,6 +402,9 @@ def main() -> None:
     os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "WARNING"
     app_url = postgres.sqlalchemy_url(postgres.create_database("benchapp"))
     definitions = Path(tempfile.mkdtemp(prefix="orch-bench-"))
+    # Runs read definition paths only inside the working directory or this one (the serve
+    # subprocess reads bench-three.json by path, with no pinned hash).
+    os.environ["ORCH_DEFINITIONS_DIRECTORY"] = str(definitions)
 
     from prefect.settings import (
         PREFECT_API_URL,
