@@ -51,6 +51,7 @@ __all__ = [
     "WaitBound",
     "apply_automations",
     "build_automations",
+    "definition_files",
     "ensure_webhook_block",
     "list_automations",
     "load_definitions",
@@ -198,13 +199,29 @@ def longest_wait(definitions: Iterable[WorkflowDefinition]) -> WaitBound:
     return WaitBound(longest, tuple(unbounded))
 
 
+def definition_files(directory: Path) -> list[Path]:
+    """The files ``definitions.load`` reads: ``<workflow>.json`` and ``<workflow>/<version>.json``.
+
+    Not the JSON Schema beside them (``schema.json``) nor the ``*.mocks.json`` files of
+    ``orchestration test``: they are not definitions, and warning about them every time hides the
+    warnings that matter."""
+    if not directory.is_dir():
+        return []
+    candidates = sorted(directory.glob("*.json")) + sorted(directory.glob("*/*.json"))
+    return [
+        path
+        for path in candidates
+        if not path.name.endswith(".mocks.json")
+        and not (path.parent == directory and path.name == "schema.json")
+    ]
+
+
 def load_definitions(directory: Path) -> tuple[list[WorkflowDefinition], list[str]]:
-    """Every ``*.json`` definition under ``directory`` and the files that did not parse."""
+    """Every definition under ``directory`` (``definition_files``) and the files that did not
+    parse."""
     found: list[WorkflowDefinition] = []
     problems: list[str] = []
-    if not directory.is_dir():
-        return found, problems
-    for path in sorted(directory.rglob("*.json")):
+    for path in definition_files(directory):
         try:
             found.append(WorkflowDefinition.model_validate_json(path.read_bytes()))
         except (OSError, ValidationError) as exc:
