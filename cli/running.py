@@ -330,6 +330,11 @@ def run_command(
     if not isinstance(data, dict):
         fail("--input must be a JSON object", code=2)
     events = _parse_events(event or [])
+    resolved = definition.resolve()
+    if not resolved.is_relative_to(Path.cwd().resolve()):
+        # The flow reads definition paths only under the working directory or the definitions
+        # directory; the file named on this command line is the user's choice: allow its folder.
+        os.environ.setdefault("ORCH_DEFINITIONS_DIRECTORY", str(resolved.parent))
     text = output == OutputFormat.text
     _quiet_metrics()
     with prefect_api(quiet=not text) as api_url, _settings(api_url):

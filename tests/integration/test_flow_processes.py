@@ -209,3 +209,23 @@ async def test_cli_run_of_a_failing_definition_exits_1(
     summary = json.loads(result.stdout)
     assert summary["status"] == "failed"
     assert "Cli.Broken" in summary["error"]
+
+
+async def test_cli_run_of_an_invalid_definition_outside_the_repo_reports_why(
+    prefect_server: Any, flow_database_url: str, tmp_path: Path
+) -> None:
+    # It does not load, so it is not pinned: the flow reads the path, which lies outside the
+    # working directory; the file named on the command line is still allowed.
+    path = tmp_path / "broken.json"
+    state = {"type": "succeed", "bogusField": 1}
+    document = {"name": "rt-broken", "version": "1", "startAt": "A", "states": {"A": state}}
+    path.write_text(json.dumps(document))
+    result = await asyncio.to_thread(
+        _run_cli, prefect_server, flow_database_url, "run", str(path), "--output", "json"
+    )
+
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "failed"
+    assert "DefinitionPathError" not in summary["error"], summary["error"]
+    assert "bogusField" in summary["error"], summary["error"]
