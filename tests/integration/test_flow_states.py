@@ -1,9 +1,11 @@
 """Every state type through the real flow on a real Prefect server (PostgreSQL): tasks, retries,
-catch, choice, short timers, parallel, map, compensation, succeed and fail."""
+catch, choice (every operator), short timers, parallel, map, compensation (on failure and as a
+state), succeed and fail."""
 
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 
@@ -114,3 +116,40 @@ async def test_runs_record_metrics_and_failed_attempts(flow_system: FlowSystem) 
         if p.attributes == {"activity": "test.flaky", "error": "Device.Busy"}
     ]
     assert failures and failures[0].value >= 2  # two failed attempts before the success
+
+
+#: Every comparison in operators.json's choice is true on this input, and every one in its negated
+#: ``or`` is false.
+OPERATOR_INPUT: dict[str, Any] = {
+    "n": 5,
+    "limit": 5,
+    "name": "sensor-42",
+    "tags": ["a", "b"],
+    "level": "high",
+    "nothing": None,
+    "when": "2026-01-01T00:00:00Z",
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        pytest.param({}, "compensated", id="all-true"),
+        # lessThanOrEquals 5 turns false, and greaterThan 5 (in the negated or) turns true.
+        pytest.param({"n": 6}, "default", id="numbers"),
+        # endsWith and matches turn false.
+        pytest.param({"name": "sensor-x"}, "default", id="strings"),
+    ],
+)
+async def test_every_operator_and_a_compensation_state_on_real_prefect(
+    flow_system: FlowSystem, change: dict[str, Any], path: str
+) -> None:
+    tag = _tag("ops")
+    names = {"tag": f"{tag}-do", "undo": f"{tag}-undo"}
+    run_id = await flow_system.start("operators.json", {**OPERATOR_INPUT, **change, **names})
+    output = await flow_system.result(run_id)
+
+    assert output == {"path": path}
+    assert await flow_system.effects(names["tag"]) == 1
+    # The compensation state undid Do exactly once, and only on the path through it.
+    assert await flow_system.effects(names["undo"]) == (1 if path == "compensated" else 0)
