@@ -203,6 +203,7 @@ class RunDriver:
         policy: RetryPolicy,
         timeout_seconds: float | None,
         idempotency_key: str,
+        label: str | None = None,
     ) -> dict[str, Any]:
         configured = steps.activity_task(policy=policy)
         task_state: State[Any] = await configured(
@@ -215,7 +216,7 @@ class RunDriver:
             device_id=self.device_id,
             state=state,
             step_cache_key=steps.cache_key(self.run_id, "task", step_key),
-            label=steps.step_label(path, visit),
+            label=label or steps.step_label(path, visit),
             return_state=True,
         )
         if task_state.is_completed():
@@ -361,6 +362,8 @@ class RunDriver:
                 policy=COMPENSATION_POLICY,
                 timeout_seconds=self.settings.default_task_timeout_seconds,
                 idempotency_key=step.idempotency_key,
+                # Its own name: the undone step's path alone would look like a second run of it.
+                label=f"compensate {steps.step_label(step.path, step.visit)}",
             )
             at = max(at, datetime.fromisoformat(result["at"]))
             self.compensated += 1

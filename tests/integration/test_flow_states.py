@@ -1,10 +1,14 @@
 """Every state type through the real flow on a real Prefect server (PostgreSQL): tasks, retries,
 catch, choice (every operator), short timers, parallel, map, compensation (on failure and as a
-state), succeed and fail."""
+state), succeed and fail; and what Prefect shows: task runs named after states, the trail."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -153,3 +157,61 @@ async def test_every_operator_and_a_compensation_state_on_real_prefect(
     assert await flow_system.effects(names["tag"]) == 1
     # The compensation state undid Do exactly once, and only on the path through it.
     assert await flow_system.effects(names["undo"]) == (1 if path == "compensated" else 0)
+
+
+async def _poll(what: str, probe: Callable[[], Awaitable[Any]], deadline: float = 30.0) -> Any:
+    end = time.monotonic() + deadline
+    found: Any = None
+    while time.monotonic() < end:
+        found = await probe()
+        if found:
+            return found
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{what}: not within {deadline}s (last seen: {found!r})")
+
+
+async def test_task_runs_are_named_after_states_and_the_trail_is_an_artifact(
+    flow_system: FlowSystem,
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
+
+    tag = _tag("trail")
+    run_id = await flow_system.start(
+        "operators.json", {**OPERATOR_INPUT, "tag": f"{tag}-do", "undo": f"{tag}-undo"}
+    )
+    await flow_system.result(run_id)
+
+    async with get_client() as client:
+
+        async def task_run_names() -> set[str]:
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+            )
+            names = {str(run.name) for run in runs}
+            # Task-run states arrive as events: wait until both activities are there.
+            return names if {"Do", "compensate Do"} <= names else set()
+
+        async def trail_rows() -> list[dict[str, Any]]:
+            artifacts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+            )
+            tables = [a for a in artifacts if a.type == "table"]
+            if not tables:
+                return []
+            data: Any = tables[0].data
+            rows: list[dict[str, Any]] = json.loads(data) if isinstance(data, str) else data
+            return rows
+
+        names = await _poll("the activities' task runs", task_run_names)
+        rows = await _poll("the trail artifact", trail_rows)
+
+    # The activity task runs carry the state's path; a compensation names the step it undoes.
+    assert {"Do", "compensate Do"} <= names, names
+    assert [row["state"] for row in rows] == ["Do", "Check", "Undo", "Done"], rows
+    assert {row["type"] for row in rows} == {"task", "choice", "compensation", "succeed"}
