@@ -9,7 +9,11 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import (
+    HistogramDataPoint,
+    InMemoryMetricReader,
+    NumberDataPoint,
+)
 
 from operations.observability import (
     configure_logging,
@@ -98,8 +102,10 @@ def test_metrics_are_recorded_under_orchestration_names() -> None:
         "orchestration.dead_letters",
         "orchestration.listener.lag",
     }
-    assert points["orchestration.device.events"][0].value == 2
-    assert points["orchestration.run.duration"][0].sum == 12.5
+    events = points["orchestration.device.events"][0]
+    duration = points["orchestration.run.duration"][0]
+    assert isinstance(events, NumberDataPoint) and events.value == 2
+    assert isinstance(duration, HistogramDataPoint) and duration.sum == 12.5
 
 
 def test_azure_without_the_package_says_what_to_install() -> None:
