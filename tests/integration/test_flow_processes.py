@@ -31,6 +31,8 @@ DEADLINE = 90.0
 
 def _env(prefect_server: Any, database_url: str) -> dict[str, str]:
     env = {**os.environ, **prefect_server.env}
+    # The in-process harness (flow_system) sets it for its own runs; a CLI process starts clean.
+    env.pop("ORCH_DEFINITIONS_DIRECTORY", None)
     env.update(
         {
             "ORCH_DB_URL": database_url,
