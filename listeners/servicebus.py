@@ -2,9 +2,14 @@
 
 Each loop accepts the next session with messages (``NEXT_AVAILABLE_SESSION``, bounded by
 ``max_wait_time``), drains it in batches of up to ``receive_batch`` peek-locked messages while an
-``AutoLockRenewer`` keeps the session lock, and lets it go when it is idle. A batch is recorded and
-routed in one transaction (``process_many``); its messages are settled one by one after that
-commit, in order. Settlement follows ``listeners.pipeline``:
+``AutoLockRenewer`` keeps the session lock, and lets it go when it is idle: once a receive comes
+back short of a full batch, the next one waits only ``session_idle_wait``. A released session's
+receiver is closed in the background (every message of it is settled by then) so that the loop
+accepts the next session at once. A batch is recorded and routed in one transaction
+(``process_many``) and settled after that commit: completions and dead-letters concurrently (they
+take messages out of the queue, so their order does not matter, and the batch's events are already
+stored in order), abandons one by one in order (they put messages back, and the broker redelivers
+them in the order they return). Settlement follows ``listeners.pipeline``:
 complete after the event is recorded and routed, abandon on a transient failure, dead-letter at once
 what can never succeed. A settlement error proves nothing (the broker may have applied it): every
 effect downstream is idempotent, so the worst case is a redelivery that is recorded as a duplicate.
@@ -37,7 +42,7 @@ from azure.servicebus.exceptions import (
 )
 
 from listeners.events import IncomingMessage
-from listeners.pipeline import Disposition, MessageProcessor
+from listeners.pipeline import Disposition, MessageProcessor, Outcome
 from listeners.settings import ServiceBusSettings
 
 if TYPE_CHECKING:
@@ -114,6 +119,7 @@ class ServiceBusListener:
         self._beats: dict[int, float] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._lost_sessions: set[str] = set()
+        self._closing: set[asyncio.Task[None]] = set()
         #: Counts of what happened: complete, abandon, dead_letter, settle_failed, lock_lost, ...
         self.stats: Counter[str] = Counter()
 
@@ -147,6 +153,7 @@ class ServiceBusListener:
                     log.warning("a session loop did not finish within the grace; cancelling it")
                     task.cancel()
                 await asyncio.gather(*loops, watchdog, return_exceptions=True)
+                await asyncio.gather(*self._closing, return_exceptions=True)
         finally:
             await renewer.close()
             if credential is not None:
@@ -239,20 +246,21 @@ class ServiceBusListener:
             try:
                 await self._drain(receiver, index)
             finally:
-                await self._close(receiver)
+                self._close_later(receiver)
 
     async def _drain(self, receiver: ServiceBusReceiver, index: int) -> None:
         settings = self._settings
         session_id = str(receiver.session.session_id)
         self._lost_sessions.discard(session_id)
         log.debug("accepted session %s", session_id)
+        idle_wait = min(settings.session_idle_wait, settings.max_wait_time)
+        wait = settings.max_wait_time
         while not self._stop.is_set():
             self._beat(index)
             try:
-                async with asyncio.timeout(settings.max_wait_time + settings.operation_timeout):
+                async with asyncio.timeout(wait + settings.operation_timeout):
                     messages = await receiver.receive_messages(
-                        max_message_count=settings.receive_batch,
-                        max_wait_time=settings.max_wait_time,
+                        max_message_count=settings.receive_batch, max_wait_time=wait
                     )
             except SessionLockLostError:
                 self._lock_lost(session_id, None)
@@ -265,6 +273,8 @@ class ServiceBusListener:
                 return  # idle: let the session go so that another device gets this loop
             if not await self._handle(receiver, messages, session_id):
                 return
+            # A short batch: the device had nothing more buffered. Look once more, briefly.
+            wait = idle_wait if len(messages) < settings.receive_batch else settings.max_wait_time
 
     async def _handle(
         self,
@@ -272,40 +282,79 @@ class ServiceBusListener:
         messages: list[ServiceBusReceivedMessage],
         session_id: str,
     ) -> bool:
-        """Process a batch, then settle each message; False when the session must be let go."""
+        """Process a batch, then settle it; False when the session must be let go."""
         outcomes = await self._ingress.process_many([to_incoming(m) for m in messages])
-        for message, outcome in zip(messages, outcomes, strict=True):
+        if session_id in self._lost_sessions:
+            self._lock_lost(session_id, messages[0].message_id)
+            return False
+        pairs = list(zip(messages, outcomes, strict=True))
+        # Completions and dead-letters take messages out of the queue: their order is free.
+        leaving = [p for p in pairs if p[1].disposition is not Disposition.ABANDON]
+        results = await asyncio.gather(
+            *(self._settle(receiver, message, outcome) for message, outcome in leaving),
+            return_exceptions=True,
+        )
+        keep = True
+        for (message, outcome), result in zip(leaving, results, strict=True):
+            keep = self._settled(session_id, message, outcome, result) and keep
+        if not keep:
+            return False
+        # Abandons put messages back: one by one, in order, so they come back in order.
+        for message, outcome in pairs:
+            if outcome.disposition is not Disposition.ABANDON:
+                continue
             if session_id in self._lost_sessions:
                 self._lock_lost(session_id, message.message_id)
                 return False
             try:
-                async with asyncio.timeout(self._settings.operation_timeout):
-                    if outcome.disposition is Disposition.COMPLETE:
-                        await receiver.complete_message(message)
-                    elif outcome.disposition is Disposition.DEAD_LETTER:
-                        await receiver.dead_letter_message(
-                            message,
-                            reason=outcome.reason,
-                            error_description=outcome.description[:4000],
-                        )
-                    else:
-                        await receiver.abandon_message(message)
-            except (SessionLockLostError, MessageLockLostError):
-                self._lock_lost(session_id, message.message_id)
+                await self._settle(receiver, message, outcome)
+            except Exception as exc:  # judged by _settled, as for the concurrent ones
+                self._settled(session_id, message, outcome, exc)
                 return False
-            except (TimeoutError, ServiceBusError) as exc:
-                # It may have been applied anyway; a redelivery is recorded as a duplicate.
-                self.stats["settle_failed"] += 1
-                log.warning(
-                    "device=%s message=%s settling (%s) failed: %r",
-                    session_id,
-                    message.message_id,
-                    outcome.disposition.value,
-                    exc,
-                )
-                return False
-            self.stats[outcome.disposition.value] += 1
+            self._settled(session_id, message, outcome, None)
         return True
+
+    async def _settle(
+        self, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage, outcome: Outcome
+    ) -> None:
+        async with asyncio.timeout(self._settings.operation_timeout):
+            if outcome.disposition is Disposition.COMPLETE:
+                await receiver.complete_message(message)
+            elif outcome.disposition is Disposition.DEAD_LETTER:
+                await receiver.dead_letter_message(
+                    message,
+                    reason=outcome.reason,
+                    error_description=outcome.description[:4000],
+                )
+            else:
+                await receiver.abandon_message(message)
+
+    def _settled(
+        self,
+        session_id: str,
+        message: ServiceBusReceivedMessage,
+        outcome: Outcome,
+        result: BaseException | None,
+    ) -> bool:
+        """Count one settlement; False when the session must be let go."""
+        if result is None:
+            self.stats[outcome.disposition.value] += 1
+            return True
+        if isinstance(result, (SessionLockLostError, MessageLockLostError)):
+            self._lock_lost(session_id, message.message_id)
+            return False
+        if isinstance(result, (TimeoutError, ServiceBusError)):
+            # It may have been applied anyway; a redelivery is recorded as a duplicate.
+            self.stats["settle_failed"] += 1
+            log.warning(
+                "device=%s message=%s settling (%s) failed: %r",
+                session_id,
+                message.message_id,
+                outcome.disposition.value,
+                result,
+            )
+            return False
+        raise result
 
     def _lock_lost(self, session_id: str, message_id: str | None) -> None:
         self.stats["lock_lost"] += 1
@@ -314,6 +363,12 @@ class ServiceBusListener:
             session_id,
             message_id or "-",
         )
+
+    def _close_later(self, receiver: ServiceBusReceiver) -> None:
+        """Close a drained receiver without holding up its loop (``run`` awaits it at the end)."""
+        task = asyncio.create_task(self._close(receiver), name="sb-close")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _close(self, receiver: ServiceBusReceiver) -> None:
         try:

@@ -24,9 +24,14 @@ class ServiceBusSettings(BaseSettings):
     #: Seconds a session loop waits for a session with messages, and for the next message of an
     #: accepted session before it lets the session go.
     max_wait_time: float = Field(default=5.0, gt=0, le=300)
-    #: Messages taken from a session at once, recorded in one transaction, then settled in order.
+    #: Messages taken from a session at once, recorded in one transaction, then settled.
     #: All are locked while the batch is handled, so keep the batch's work well under the lock.
     receive_batch: int = Field(default=32, ge=1, le=1000)
+    #: Seconds an accepted session waits for more once a receive came back short of a full batch
+    #: (the device has sent everything it had); past it the session is let go, and the device's
+    #: later messages are accepted again by whichever loop is free. Never longer than
+    #: ``max_wait_time``. Longer keeps trickling devices on one loop; shorter frees loops sooner.
+    session_idle_wait: float = Field(default=0.5, gt=0, le=300)
     #: Larger bodies are dead-lettered unread (256 KB is the Standard tier's limit).
     max_message_bytes: int = Field(default=256 * 1024, ge=1024)
     #: Deadline for opening a receiver or settling a message; the SDK has none of its own.

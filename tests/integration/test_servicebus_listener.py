@@ -258,11 +258,60 @@ async def test_a_message_failing_every_time_reaches_the_dead_letter_queue(
             assert listener.stats["abandon"] == 3
 
 
+class FailsOnce:
+    """The real router, except that the first batch holding an event named "flaky" fails whole
+    (before anything is recorded), as a database outage would."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.failed = False
+
+    async def handle_many(self, events: Sequence[IncomingEvent], /) -> list[RouteResult]:
+        if not self.failed and any(event.name == "flaky" for event in events):
+            self.failed = True
+            raise ConnectionError("database went away")
+        return await self.router.handle_many(events)
+
+
+async def test_an_abandoned_batch_comes_back_in_order_and_poison_beside_it_is_dead_lettered(
+    broker: Broker, app_db_url: str, deployment: str
+) -> None:
+    dev = device()
+    names = ["boot", "telemetry", "flaky", "telemetry", "telemetry", "telemetry"]
+    ids = [f"ordered-{n}" for n in range(len(names))]
+    messages = [
+        message(body(dev, name, event_id=i), dev, i) for name, i in zip(names, ids, strict=True)
+    ]
+    messages.insert(3, message("{not json", dev, "poison"))
+    await send(broker, *messages)
+    async with ingress_runtime(app_db_url, deployment) as rt:
+        fails_once = FailsOnce(rt.router)
+        ingress = Ingress(fails_once, max_message_bytes=256 * 1024)
+        listener = ServiceBusListener(sb_settings(broker), ingress)
+        async with running(listener):
+            await wait_until(lambda: _true(listener.stats["complete"] == len(ids)), "completions")
+            (letter,) = await dead_letters(broker, 1)
+        assert fails_once.failed and listener.stats["abandon"] >= 1
+        assert str(letter.message_id) == "poison"
+        assert (letter.delivery_count or 0) <= 1  # at once, not after the batch's retries
+        stored = await recorded(rt, dev)
+        # Recorded in the order sent although their batch was abandoned and redelivered.
+        assert [e.event_id for e in stored] == ids
+        assert [e.sequence for e in stored] == list(range(1, len(ids) + 1))
+    assert len(await device_runs(dev)) == 1
+    assert await queue_is_empty(broker)
+
+
 # -- crashes, lock loss, shutdown ----------------------------------------------------------------
 
 
 def listener_process(
-    broker: Broker, app_db_url: str, deployment: str, hold_dir: Path, prefect_env: dict[str, str]
+    broker: Broker,
+    app_db_url: str,
+    deployment: str,
+    hold_dir: Path,
+    prefect_env: dict[str, str],
+    sessions: int = 2,
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -270,7 +319,7 @@ def listener_process(
         "ORCH_SB_CONNECTION_STRING": broker.connection_string,
         "ORCH_SB_QUEUE_NAME": broker.queue,
         "ORCH_SB_MAX_WAIT_TIME": "1",
-        "ORCH_SB_MAX_CONCURRENT_SESSIONS": "2",
+        "ORCH_SB_MAX_CONCURRENT_SESSIONS": str(sessions),
         "ORCH_INGRESS_WORKFLOW": "probe",
         "ORCH_INGRESS_DEPLOYMENT": deployment,
         "ORCH_DB_URL": app_db_url,
@@ -296,7 +345,12 @@ async def test_a_listener_killed_mid_message_loses_nothing_and_starts_one_run(
 ) -> None:
     dev = device()
     await send(broker, message(body(dev, "boot", event_id="kill-1", hold=True), dev))
-    process = listener_process(broker, app_db_url, deployment, tmp_path, prefect_server.env)
+    # One session loop: a second one would have a session attach pending at the kill, and the
+    # fake broker (../shared, read-only here) dies on a KeyError when a connection with a pending
+    # attach drops (try_pending looks up a link release_link already removed).
+    process = listener_process(
+        broker, app_db_url, deployment, tmp_path, prefect_server.env, sessions=1
+    )
     try:
         # Recorded and routed, not yet completed: kill it there.
         await wait_until(lambda: file_exists(tmp_path / "kill-1.routed"), "the message in flight")
