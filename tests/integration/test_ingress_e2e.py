@@ -99,11 +99,12 @@ async def ingress(flow_system: FlowSystem, definition: Path) -> AsyncIterator[In
 
 @pytest.mark.asyncio(loop_scope="session")
 async def test_events_start_resume_and_a_second_run_waits_for_its_own_event(
-    flow_system: FlowSystem, device_workflow: None, tmp_path: Path
+    flow_system: FlowSystem, device_workflow: None
 ) -> None:
-    definition = tmp_path / "e2e-ready.json"
-    definition.write_text(json.dumps(DEFINITION))
     dev = f"e2e-{uuid.uuid4().hex[:8]}"
+    # Runs read a definition file only from the working directory or ORCH_DEFINITIONS_DIRECTORY.
+    definition = flow_system.definitions_dir / f"e2e-ready-{dev}.json"
+    definition.write_text(json.dumps(DEFINITION))
 
     async with ingress(flow_system, definition) as rt:
         # 1. The device's first event starts a run, which suspends at its wait.

@@ -20,7 +20,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.context import get_run_context
-from prefect.flow_runs import suspend_flow_run
+from prefect.flow_runs import asuspend_flow_run
 from prefect.input import RunInput
 from sqlalchemy import update
 
@@ -69,7 +69,7 @@ async def ingress_probe(
             event = await store.claim(device_id or "", name, f"{run_id}:{wait_key}")
             if event is None:
                 get_run_logger().info("suspending for %s", name)
-                await suspend_flow_run(wait_for_input=EventArrived, key=wait_key, timeout=600)
+                await asuspend_flow_run(wait_for_input=EventArrived, key=wait_key, timeout=600)
                 event = await store.claim(device_id or "", name, f"{run_id}:{wait_key}")
             claimed = event.event_id if event else None
             async with db.transaction() as connection:
