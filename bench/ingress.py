@@ -10,6 +10,10 @@ executes them: after its first event every device is busy, the common case) and 
   do), each sending its events in batches of ``--batch`` (``--batch 1`` is ``send``, one by one);
 - ``servicebus``: the fake broker from ``../shared`` and the real SDK: everything is sent first,
   then the listener with ``--sessions`` session loops drains it, ``--sb-batch`` messages at a time.
+  Before that, the same messages go through a bare SDK loop on a fresh broker (same sessions,
+  batch, waits and settlement, no parsing, recording or routing): the broker's own ceiling, printed
+  beside the listener's rate so that the number can be read (the fake broker is single-threaded
+  Python, and every session costs a connection, a link and an idle wait).
 
 It prints events/s, p50/p99 latency of one event (parse + record + route of the batch it was in;
 for Service Bus without settlement), and checks the counts: every event stored once, one run per
@@ -33,7 +37,7 @@ from typing import Any
 from listeners.events import IncomingMessage
 from listeners.local import IngressRuntime, event_message, open_ingress
 from listeners.pipeline import Disposition, Ingress, Outcome
-from listeners.settings import IngressSettings
+from listeners.settings import IngressSettings, ServiceBusSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,7 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sb-devices", type=int, default=200)
     parser.add_argument("--sb-events", type=int, default=20)
     parser.add_argument("--sessions", type=int, default=16)
-    parser.add_argument("--sb-batch", type=int, default=50, help="messages per session receive")
+    parser.add_argument("--sb-batch", type=int, default=32, help="messages per session receive")
+    parser.add_argument(
+        "--sb-idle",
+        type=float,
+        default=None,
+        help="session_idle_wait of the listener and the ceiling loop (default: the setting's)",
+    )
 
 
 class Timed:
@@ -195,44 +205,123 @@ async def drain_outbox(rt: IngressRuntime, deadline: float = 300.0) -> None:
         await asyncio.sleep(0.5)
 
 
+async def fill_queue(
+    connection_string: str, queue: str, prefix: str, devices: int, events: int
+) -> None:
+    """Send ``events`` messages for each of ``devices`` devices (session = device)."""
+    from azure.servicebus import ServiceBusMessage
+    from azure.servicebus.aio import ServiceBusClient
+
+    async with (
+        ServiceBusClient.from_connection_string(connection_string) as client,
+        client.get_queue_sender(queue) as sender,
+    ):
+        for d in range(devices):
+            device = f"{prefix}{d}"
+            batch = []
+            for n in range(events):
+                message = event_message(device, "telemetry", {"n": n}, event_id=f"{device}-{n}")
+                batch.append(
+                    ServiceBusMessage(
+                        message.body, session_id=device, message_id=message.message_id
+                    )
+                )
+            await sender.send_messages(batch)
+
+
+async def broker_ceiling(connection_string: str, settings: ServiceBusSettings, total: int) -> float:
+    """Messages per second the broker and the SDK settle with nothing of ours in the way.
+
+    The listener's loop shape without the listener: ``max_concurrent_sessions`` loops accept the
+    next session, receive ``receive_batch`` at a time (a short batch is followed by one
+    ``session_idle_wait`` receive), complete the batch concurrently and close the receiver in the
+    background. No parsing, no database, no Prefect.
+    """
+    from azure.servicebus import NEXT_AVAILABLE_SESSION
+    from azure.servicebus.aio import ServiceBusClient
+    from azure.servicebus.exceptions import OperationTimeoutError, SessionCannotBeLockedError
+
+    done = 0
+    finished = 0.0  # when the last message was settled (loops then still wait out an accept)
+    closing: set[asyncio.Task[None]] = set()
+    idle = min(settings.session_idle_wait, settings.max_wait_time)
+    async with ServiceBusClient.from_connection_string(connection_string) as client:
+
+        async def loop() -> None:
+            nonlocal done, finished
+            while done < total:
+                receiver = client.get_queue_receiver(
+                    settings.queue_name,
+                    session_id=NEXT_AVAILABLE_SESSION,
+                    max_wait_time=settings.max_wait_time,
+                    prefetch_count=settings.receive_batch,
+                )
+                try:
+                    await receiver.__aenter__()
+                    if receiver.session.locked_until_utc is None:
+                        raise OperationTimeoutError(message="no session available")
+                except (OperationTimeoutError, SessionCannotBeLockedError):
+                    await receiver.close()
+                    continue
+                wait = settings.max_wait_time
+                try:
+                    while messages := await receiver.receive_messages(
+                        max_message_count=settings.receive_batch, max_wait_time=wait
+                    ):
+                        await asyncio.gather(*(receiver.complete_message(m) for m in messages))
+                        done += len(messages)
+                        if done >= total and not finished:
+                            finished = time.perf_counter()
+                        full = len(messages) == settings.receive_batch
+                        wait = settings.max_wait_time if full else idle
+                finally:
+                    task = asyncio.create_task(receiver.close())
+                    closing.add(task)
+                    task.add_done_callback(closing.discard)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(settings.max_concurrent_sessions)))
+        await asyncio.gather(*closing, return_exceptions=True)
+    return total / ((finished or time.perf_counter()) - started)
+
+
 async def run_servicebus(
     rt: IngressRuntime, args: argparse.Namespace, prefix: str, shared: Path
 ) -> dict[str, Any]:
-    from azure.servicebus import ServiceBusMessage
-    from azure.servicebus.aio import ServiceBusClient
     from pydantic import SecretStr
 
     from listeners.servicebus import ServiceBusListener
-    from listeners.settings import ServiceBusSettings
     from tests.support.fake_servicebus import start_broker
 
-    broker = start_broker(shared, Path(os.environ.get("TMPDIR", "/tmp")), lock_duration=30)
     total = args.sb_devices * args.sb_events
-    try:
-        async with (
-            ServiceBusClient.from_connection_string(broker.connection_string) as client,
-            client.get_queue_sender(broker.queue) as sender,
-        ):
-            for d in range(args.sb_devices):
-                device = f"{prefix}{d}"
-                batch = []
-                for n in range(args.sb_events):
-                    message = event_message(device, "telemetry", {"n": n}, event_id=f"{device}-{n}")
-                    batch.append(
-                        ServiceBusMessage(
-                            message.body, session_id=device, message_id=message.message_id
-                        )
-                    )
-                await sender.send_messages(batch)
-        timed = Timed(rt.ingress)
-        settings = ServiceBusSettings(
-            connection_string=SecretStr(broker.connection_string),
-            queue_name=broker.queue,
+    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+
+    def settings_for(connection_string: str, queue: str) -> ServiceBusSettings:
+        idle = {} if args.sb_idle is None else {"session_idle_wait": args.sb_idle}
+        return ServiceBusSettings(
+            connection_string=SecretStr(connection_string),
+            queue_name=queue,
             max_concurrent_sessions=args.sessions,
             max_wait_time=1.0,
             receive_batch=args.sb_batch,
+            **idle,
         )
-        listener = ServiceBusListener(settings, timed)
+
+    # The broker alone, on a broker of its own (fresh queues, same messages).
+    broker = start_broker(shared, tmp, lock_duration=30)
+    try:
+        await fill_queue(broker.connection_string, broker.queue, "ceiling-", *_shape(args))
+        ceiling = await broker_ceiling(
+            broker.connection_string, settings_for(broker.connection_string, broker.queue), total
+        )
+    finally:
+        broker.stop()
+
+    broker = start_broker(shared, tmp, lock_duration=30)
+    try:
+        await fill_queue(broker.connection_string, broker.queue, prefix, *_shape(args))
+        timed = Timed(rt.ingress)
+        listener = ServiceBusListener(settings_for(broker.connection_string, broker.queue), timed)
         started = time.perf_counter()
         task = asyncio.create_task(listener.run())
         while listener.stats["complete"] < total:
@@ -244,10 +333,21 @@ async def run_servicebus(
         await task
         print(f"{'':>10}  outcomes: {dict(timed.outcomes)}; listener: {dict(listener.stats)}")
         data = summary("servicebus", total, elapsed, timed.latencies)
+        data["brokerCeiling"] = round(ceiling, 1)
+        data["ofCeiling"] = round(100 * data["eventsPerSecond"] / ceiling, 1) if ceiling else 0.0
+        print(
+            f"{'':>10}  the fake broker alone settles {data['brokerCeiling']} msg/s (bare SDK loop,"
+            f" {args.sessions} sessions, batches of {args.sb_batch}); the listener reaches"
+            f" {data['eventsPerSecond']} events/s = {data['ofCeiling']}% of it"
+        )
         await drain_outbox(rt)
         return data
     finally:
         broker.stop()
+
+
+def _shape(args: argparse.Namespace) -> tuple[int, int]:
+    return args.sb_devices, args.sb_events
 
 
 async def main(args: argparse.Namespace) -> None:
