@@ -111,3 +111,27 @@ async def test_a_failed_alert_leaves_the_dead_letter_for_the_next_pass(broker: B
     quiet = unreachable.model_copy(update={"alert_webhook_url": None})
     later = await process_dead_letters_once(quiet, max_wait_time=1)
     assert [d.message_id for d in later.handled] == ["poison-2"]
+
+
+async def test_a_pass_without_resubmit_keeps_recoverable_letters_for_one_that_resubmits(
+    broker: Broker,
+) -> None:
+    device = f"dev-{uuid.uuid4().hex[:8]}"
+    await dead_letter(broker, device, "poison-3", "SchemaViolation")
+    await dead_letter(broker, device, "retry-3", "MaxDeliveryCountExceeded")
+    await dead_letter(broker, device, "full-3", "DeviceEventOverflow")
+    settings = ServiceBusSettings(
+        connection_string=SecretStr(broker.connection_string), queue_name=broker.queue
+    )
+
+    plain = await process_dead_letters_once(settings, max_wait_time=1)
+    # The poison one is reported and completed; the good events are left in the queue.
+    assert [d.message_id for d in plain.handled] == ["poison-3"]
+    assert sorted(d.message_id or "" for d in plain.kept) == ["full-3", "retry-3"]
+    assert not any(d.resubmitted for d in plain.kept)
+
+    resubmitting = await process_dead_letters_once(settings, resubmit=True, max_wait_time=1)
+    assert sorted(d.message_id or "" for d in resubmitting.handled) == ["full-3", "retry-3"]
+    assert all(d.resubmitted for d in resubmitting.handled)
+    assert resubmitting.kept == []
+    assert (await process_dead_letters_once(settings, resubmit=True, max_wait_time=1)).handled == []
