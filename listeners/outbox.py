@@ -7,7 +7,8 @@ Two duties, one loop (``Reconciler.run``), each pass bounded:
    happens exactly once; a resume that found Prefect down, or a run that had registered its wait but
    not yet suspended, is tried again while the run still waits for that event and the event is
    still unclaimed. Failures back off exponentially per item; nothing is dropped.
-2. The sweep. Runs the ledger believes active are checked against Prefect in one request per batch;
+2. The sweep. Runs the ledger believes active are checked against Prefect in one request per batch,
+   a batch per pass, each pass going on where the last stopped (a cursor that wraps around);
    finished ones (completed, failed, crashed, cancelled) are marked finished, so the device's next
    event starts a new run. The flow marks its own end; this catches the runs that could not.
 """
@@ -79,6 +80,9 @@ class Reconciler:
         self._waits = waits
         self._control = control
         self._batch = batch
+        # Where the sweep goes on: (updated_at, device_id) of the last run it checked, None to
+        # begin again from the least recently updated run (after a page shorter than a batch).
+        self._sweep_after: tuple[datetime, str] | None = None
 
     async def run(self, stop: asyncio.Event, *, interval: float) -> None:
         """Pass after pass until ``stop``; a failing pass is logged and retried next interval."""
@@ -156,10 +160,13 @@ class Reconciler:
         await self._ledger.mark_done(item.id)
 
     async def _sweep(self, report: ReconcileReport) -> None:
-        active = [run for run in await self._ledger.active(self._batch) if run.run_id]
-        if not active:
-            return
+        page = await self._ledger.active(self._batch, self._sweep_after)
+        # Runs still active are not touched, so the next pass must look past this page, or a
+        # crashed run beyond the first batch would never be seen; the cursor wraps at the end.
+        after = (page[-1].updated_at, page[-1].device_id) if len(page) >= self._batch else None
+        active = [run for run in page if run.run_id]
         statuses = await self._control.statuses([run.run_id for run in active if run.run_id])
+        self._sweep_after = after  # only once the page was checked
         for run in active:
             status = statuses.get(run.run_id or "")
             # Unknown to Prefect (its database was reset) counts as finished too.

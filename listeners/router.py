@@ -123,7 +123,9 @@ class RunLedger(Protocol):
 
     async def finish(self, device_id: str, run: str) -> bool: ...
 
-    async def active(self, limit: int) -> list[DeviceRun]: ...
+    async def active(
+        self, limit: int, after: tuple[datetime, str] | None = None
+    ) -> list[DeviceRun]: ...
 
     async def enqueue(
         self,

@@ -16,7 +16,8 @@ creating the Prefect run), ``running`` (bound to a Prefect flow run id) or ``fin
                                                   start's outbox entry is done in the same commit
     finish(device, run_id_or_key) -> bool         -> finished, only if it is still the current run
     current(device) -> DeviceRun | None
-    active(limit) -> running runs, least recently updated first (the reconciler's sweep)
+    active(limit, after) -> running runs, least recently updated first, a page after the cursor
+                          ``after`` (the reconciler's sweep pages through all of them in turn)
 
 ``route_outbox`` holds start/resume requests that must happen even when Prefect is unreachable
 right now: the router enqueues (idempotent on ``(device_id, event_id, action)``), a reconciler
@@ -233,9 +234,20 @@ class DeviceRunStore:
             )
         return result.rowcount == 1
 
-    async def active(self, limit: int) -> list[DeviceRun]:
-        """Runs believed running (bound to a flow run), least recently updated first."""
-        query = select(_R).where(_R.c.status == "running").order_by(_R.c.updated_at).limit(limit)
+    async def active(
+        self, limit: int, after: tuple[datetime, str] | None = None
+    ) -> list[DeviceRun]:
+        """Runs believed running (bound to a flow run), least recently updated first.
+
+        ``after``: the ``(updated_at, device_id)`` of the last run of the previous page; this page
+        starts after it (keyset pagination, so a sweep reaches every run, not only the oldest)."""
+        query = select(_R).where(_R.c.status == "running")
+        if after is not None:
+            at, device_id = after
+            query = query.where(
+                or_(_R.c.updated_at > at, (_R.c.updated_at == at) & (_R.c.device_id > device_id))
+            )
+        query = query.order_by(_R.c.updated_at, _R.c.device_id).limit(limit)
         async with self._db.transaction(readonly=True) as connection:
             rows = (await connection.execute(query)).mappings().all()
         return [_run(row) for row in rows]

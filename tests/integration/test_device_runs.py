@@ -142,3 +142,15 @@ async def test_active_lists_bound_runs_oldest_first(database: Database) -> None:
     assert [run.device_id for run in await store.active(10)] == ["a"]
     current = await store.current("b")
     assert current is not None and current.finished
+
+
+async def test_active_pages_after_a_cursor(database: Database) -> None:
+    store = DeviceRunStore(database)
+    for device in ("a", "b", "c"):
+        assert await store.claim_start(device, f"k-{device}", workflow="onboard")
+        assert await store.set_run(device, f"k-{device}", f"run-{device}")
+    (first,) = await store.active(1)
+    (second,) = await store.active(1, (first.updated_at, first.device_id))
+    (third,) = await store.active(1, (second.updated_at, second.device_id))
+    assert [first.device_id, second.device_id, third.device_id] == ["a", "b", "c"]
+    assert await store.active(1, (third.updated_at, third.device_id)) == []

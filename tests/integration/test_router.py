@@ -244,6 +244,52 @@ async def test_the_next_event_after_a_finished_run_starts_a_new_one(
     assert len(await device_runs(dev)) == 2
 
 
+async def test_the_sweep_reaches_runs_beyond_its_first_batch(
+    app_db_url: str, idle_deployment: str
+) -> None:
+    """Runs still active are not touched by a pass, so a sweep that always read the oldest batch
+    would never see a crashed run behind them: the window must move on, pass after pass."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    from listeners.outbox import Reconciler
+    from store.waits import Wait
+
+    class NoWaits:
+        async def waiting_for(self, device_id: str, event_name: str) -> list[Wait]:
+            return []
+
+    devices = [device() for _ in range(3)]
+    async with runtime(app_db_url, idle_deployment) as rt:
+        run_ids = []
+        for dev in devices:  # one after another: the last is the most recently updated
+            outcome = await rt.local.send(dev, "hello", event_id="start")
+            assert outcome.result is not None and outcome.result.run_id is not None
+            run_ids.append(outcome.result.run_id)
+        async with get_client() as client:
+            await client.set_flow_run_state(uuid.UUID(run_ids[-1]), Cancelled(), force=True)
+        sweeper = Reconciler(
+            router=rt.router,
+            ledger=rt.ledger,
+            events=rt.events,
+            waits=NoWaits(),
+            control=rt.control,
+            batch=1,
+        )
+        # Every active run of the module's database gets a pass of its own, at most.
+        passes = len(await rt.ledger.active(100_000)) + 1
+        for _ in range(passes):
+            await sweeper.run_once()
+            current = await rt.ledger.current(devices[-1])
+            if current is not None and current.finished:
+                break
+        current = await rt.ledger.current(devices[-1])
+        assert current is not None and current.finished, f"not swept in {passes} passes"
+        for dev in devices[:-1]:  # still running in Prefect: left running
+            other = await rt.ledger.current(dev)
+            assert other is not None and other.status == "running"
+
+
 # -- resume ------------------------------------------------------------------------------------
 
 
