@@ -72,7 +72,11 @@ def create_app(settings: ApiSettings | None = None, *, database_url: str | None 
             ) as runtime,
         ):
             app.state.service = WorkflowService(
-                control, runtime.ingress, DefinitionPinner.from_environment()
+                control,
+                runtime.ingress,
+                DefinitionPinner.from_environment(),
+                router=runtime.router,
+                ledger=runtime.ledger,
             )
             try:
                 yield

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
 
     from listeners.pipeline import Ingress
+    from listeners.router import Router, RunLedger
 
 __all__ = ["ConflictError", "NotFoundError", "WorkflowService"]
 
@@ -42,11 +43,19 @@ class ConflictError(Exception):
 
 class WorkflowService:
     def __init__(
-        self, control: PrefectRunControl, ingress: Ingress, definitions: DefinitionPinner
+        self,
+        control: PrefectRunControl,
+        ingress: Ingress,
+        definitions: DefinitionPinner,
+        *,
+        router: Router,
+        ledger: RunLedger,
     ) -> None:
         self._control = control
         self._ingress = ingress
         self._definitions = definitions
+        self._router = router
+        self._ledger = ledger
 
     # -- runs --------------------------------------------------------------------------------
 
@@ -63,19 +72,50 @@ class WorkflowService:
             tags.append(f"{INSTANCE_TAG}{instance}")
         if request.device_id:
             tags.append(f"device:{request.device_id}")
-        run_id = await self._control.start(
-            parameters={
-                "workflow": request.workflow_type,
-                "input": request.input,
-                "version": request.version,
-                "device_id": request.device_id,
-                "definition_hash": digest,
-            },
-            idempotency_key=key,
-            name=f"{request.workflow_type}-{instance or key[4:12]}",
-            tags=tags,
-        )
+        parameters = {
+            "workflow": request.workflow_type,
+            "input": request.input,
+            "version": request.version,
+            "device_id": request.device_id,
+            "definition_hash": digest,
+        }
+        name = f"{request.workflow_type}-{instance or key[4:12]}"
+        if request.device_id:
+            run_id = await self._start_device_run(
+                request.device_id, request.workflow_type, key, parameters, name, tags
+            )
+        else:
+            run_id = await self._control.start(
+                parameters=parameters, idempotency_key=key, name=name, tags=tags
+            )
         return await self.status(run_id)
+
+    async def _start_device_run(
+        self,
+        device_id: str,
+        workflow: str,
+        key: str,
+        parameters: dict[str, Any],
+        name: str,
+        tags: list[str],
+    ) -> str:
+        """A device has one run at a time: claim the device in the ledger first, as the router
+        does (the claim queues the start in the outbox, so a start that cannot reach Prefect now
+        is made by the reconciler), then create and bind the run. The device's events then route
+        to this run; a device whose run is still active refuses the start (409)."""
+        request = {"parameters": parameters, "name": name, "tags": tags, "runKey": key}
+        claimed = await self._ledger.claim_start(
+            device_id, key, workflow=workflow, started_by_event=key, request=request
+        )
+        if not claimed:
+            current = await self._ledger.current(device_id)
+            if current is None or current.run_key != key:
+                raise ConflictError(
+                    f"device {device_id} has an active run "
+                    f"{current.run_id if current and current.run_id else '(starting)'}"
+                )
+        # Idempotent on the key: a repeated start of this instance returns the same run.
+        return await self._router.execute_start(device_id, key, request, probe=True)
 
     async def find(self, workflow_id: str) -> FlowRun:
         """A run by its Prefect id, or by the instance id it was started with."""

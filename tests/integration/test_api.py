@@ -178,7 +178,9 @@ def test_start_is_idempotent_on_instance_id_and_status_reads_it(http: httpx.Clie
     by_instance = http.get(f"/workflows/{instance}").json()
     assert by_id["id"] == by_instance["id"] == started["id"]
     assert by_id["createdAt"] is not None and by_id["lastUpdatedAt"] is not None
-    other = http.post("/workflows", json={**body, "instanceId": instance + "-2"}).json()
+    other = http.post(
+        "/workflows", json={**body, "instanceId": instance + "-2", "deviceId": None}
+    ).json()
     assert other["id"] != started["id"]
 
 
@@ -273,6 +275,41 @@ def test_device_events_take_the_ingress_path(http: httpx.Client) -> None:
     assert raised.json()["recorded"] == "recorded"
     assert raised.json()["action"] == "busy"
     assert raised.json()["runId"] == run_id
+
+
+def test_a_device_run_started_by_the_api_takes_the_devices_events(http: httpx.Client) -> None:
+    """The API claims the device as the router does: the device's next event routes to the API's
+    run (busy here: nothing executes it) instead of starting a second run, and another start for
+    the device is refused while that run is active."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    device = f"dev-{uuid.uuid4().hex[:8]}"
+    body = {"workflowType": "device-onboarding", "deviceId": device}
+    started = http.post("/workflows", json={**body, "instanceId": f"i-{device}"})
+    assert started.status_code == 202, started.text
+    run_id = started.json()["id"]
+    # The same instance again is the same run, not a conflict.
+    again = http.post("/workflows", json={**body, "instanceId": f"i-{device}"})
+    assert again.status_code == 202 and again.json()["id"] == run_id
+
+    event = {"name": "device.registered", "eventId": f"e-{uuid.uuid4().hex}", "payload": {}}
+    routed = http.post(f"/devices/{device}/events", json=event)
+    assert routed.status_code == 202, routed.text
+    assert routed.json()["action"] in ("busy", "resumed")
+    assert routed.json()["runId"] == run_id
+
+    other = http.post("/workflows", json={**body, "instanceId": f"j-{device}"})
+    assert other.status_code == 409, other.text
+    assert device in other.json()["detail"]
+
+    async def runs() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"device:{device}"]))
+            )
+
+    assert [str(run.id) for run in asyncio.run(runs())] == [run_id]
 
 
 def test_event_on_a_run_without_device_or_ended_conflicts(http: httpx.Client) -> None:
