@@ -62,6 +62,7 @@ def create_app(settings: ApiSettings | None = None, *, database_url: str | None 
         ingress_settings = IngressSettings()
         deployment = settings.deployment or ingress_settings.deployment
         ingress_settings = ingress_settings.model_copy(update={"deployment": deployment})
+        definitions = DefinitionPinner.from_environment()
         async with (
             PrefectRunControl(deployment, timeout=settings.prefect_timeout) as control,
             open_ingress(
@@ -69,12 +70,13 @@ def create_app(settings: ApiSettings | None = None, *, database_url: str | None 
                 settings=ingress_settings,
                 control=control,
                 max_message_bytes=settings.max_body_bytes,
+                definitions=definitions,
             ) as runtime,
         ):
             app.state.service = WorkflowService(
                 control,
                 runtime.ingress,
-                DefinitionPinner.from_environment(),
+                definitions,
                 router=runtime.router,
                 ledger=runtime.ledger,
             )

@@ -29,6 +29,7 @@ def _logging() -> None:
 
 def listen_command() -> None:
     """Receive device events from Service Bus and start or route them (until SIGTERM)."""
+    from flows.definitions import DefinitionPinner
     from listeners.local import open_ingress
     from listeners.servicebus import listen
     from listeners.settings import IngressSettings, ServiceBusSettings
@@ -45,6 +46,7 @@ def listen_command() -> None:
             database_url=DatabaseSettings().url,
             settings=ingress_settings,
             max_message_bytes=sb.max_message_bytes,
+            definitions=DefinitionPinner.from_environment(),
         ) as rt:
 
             async def reconcile(stop: asyncio.Event) -> None:
@@ -77,6 +79,7 @@ def send_event_command(
         fail("--payload must be a JSON object", code=2)
 
     from cli.running import prefect_api
+    from flows.definitions import DefinitionPinner
     from listeners.local import open_ingress
     from listeners.pipeline import Disposition
     from listeners.settings import IngressSettings
@@ -84,7 +87,9 @@ def send_event_command(
 
     async def main() -> dict[str, Any]:
         async with open_ingress(
-            database_url=DatabaseSettings().url, settings=IngressSettings()
+            database_url=DatabaseSettings().url,
+            settings=IngressSettings(),
+            definitions=DefinitionPinner.from_environment(),
         ) as rt:
             outcome = await rt.local.send(device, name, document, event_id=event_id)
         data: dict[str, Any] = {"disposition": outcome.disposition.value}

@@ -20,13 +20,28 @@ from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from interpreter.engine import Engine
+from interpreter.errors import ActivityError
 from interpreter.loader import definition_hash, load_definition
 from interpreter.models import WorkflowDefinition
 from interpreter.validate import require_valid
 
-__all__ = ["Prepared", "default_root", "pin", "prepare", "prepared", "read_pinned"]
+if TYPE_CHECKING:
+    from tasks.builtin.definitions import DefinitionSource
+
+__all__ = [
+    "DefinitionPinner",
+    "DefinitionsUnavailableError",
+    "Prepared",
+    "UnknownWorkflowError",
+    "default_root",
+    "pin",
+    "prepare",
+    "prepared",
+    "read_pinned",
+]
 
 #: How many prepared definitions a process keeps (least recently used ones are dropped).
 MEMO_SIZE = 256
@@ -82,6 +97,45 @@ async def pin(definition: WorkflowDefinition, root: Path | None = None) -> str:
         _write_once, _path(root or default_root(), digest), _canonical(definition)
     )
     return digest
+
+
+class UnknownWorkflowError(Exception):
+    """No such workflow (or version) in the definitions source, or it does not parse: starting
+    it again will not help."""
+
+
+class DefinitionsUnavailableError(Exception):
+    """The definitions source could not be read just now: try again later."""
+
+
+class DefinitionPinner:
+    """Reads a workflow's current definition from the source the flow reads and pins it by
+    content hash; whoever starts a run (the API, the ingress router) passes that hash."""
+
+    def __init__(self, source: DefinitionSource, root: Path | None = None) -> None:
+        self._source = source
+        self._root = root
+
+    @classmethod
+    def from_environment(cls) -> DefinitionPinner:
+        """The flow's own settings: the same source and the same pinned store as the runs."""
+        from flows.runtime import FlowSettings
+        from tasks.builtin.definitions import source_for
+        from tasks.settings import DefinitionSettings
+
+        return cls(source_for(DefinitionSettings()), FlowSettings().definitions_dir)
+
+    async def pin(self, workflow: str, version: str | None) -> str:
+        """The hash of ``workflow`` (at ``version``) as it is now, pinned for the run."""
+        from tasks.builtin.definitions import load_from
+
+        try:
+            definition = await load_from(self._source, workflow, version)
+        except ActivityError as exc:
+            if exc.retryable:
+                raise DefinitionsUnavailableError(exc.cause) from exc
+            raise UnknownWorkflowError(exc.cause) from exc
+        return await pin(definition, self._root)
 
 
 def _read(path: Path) -> str | None:

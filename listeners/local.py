@@ -23,7 +23,7 @@ from listeners.eventlog import StoreEventLog
 from listeners.events import IncomingMessage
 from listeners.outbox import Reconciler
 from listeners.pipeline import Ingress, Outcome
-from listeners.router import Router
+from listeners.router import DefinitionPin, Router
 from listeners.settings import IngressSettings
 
 if TYPE_CHECKING:
@@ -103,6 +103,7 @@ async def open_ingress(
     control: RunControl | None = None,
     max_events_per_device: int | None = None,
     database_settings: DatabaseSettings | None = None,
+    definitions: DefinitionPin | None = None,
 ) -> AsyncIterator[IngressRuntime]:
     """Connect the database (migrated), open a Prefect client unless ``control`` is given, and
     wire router, pipeline and reconciler."""
@@ -129,6 +130,7 @@ async def open_ingress(
             control=control,
             workflow=settings.workflow,
             workflow_version=settings.workflow_version,
+            definitions=definitions,
         )
         reconciler = Reconciler(
             router=router, ledger=ledger, events=events, waits=waits, control=control

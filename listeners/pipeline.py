@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from listeners.events import IncomingEvent, IncomingMessage, PoisonMessageError, parse_event
-from listeners.router import RecordStatus, RouteResult
+from listeners.router import RecordStatus, RouteAction, RouteResult
 
 __all__ = [
     "OVERFLOW_REASON",
+    "REJECTED_REASON",
     "Disposition",
     "EventHandler",
     "Ingress",
@@ -41,6 +42,8 @@ log = logging.getLogger("listeners.ingress")
 
 #: Dead-letter reason of an event refused because its device holds too many; recoverable.
 OVERFLOW_REASON = "DeviceEventOverflow"
+#: The workflow's definition is missing or invalid: the event is recorded, no run was started.
+REJECTED_REASON = "WorkflowDefinitionInvalid"
 
 
 class Disposition(enum.StrEnum):
@@ -132,6 +135,12 @@ class Ingress:
                 "%s event=%s action=dead-letter reason=%s", where, event.event_id, OVERFLOW_REASON
             )
             return Outcome(Disposition.DEAD_LETTER, result, OVERFLOW_REASON, description)
+        if result.action is RouteAction.REJECTED:
+            # Final: the workflow's definition is missing or invalid (the router logged it).
+            log.warning(
+                "%s event=%s action=dead-letter reason=%s", where, event.event_id, REJECTED_REASON
+            )
+            return Outcome(Disposition.DEAD_LETTER, result, REJECTED_REASON, result.detail)
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "%s event=%s name=%s recorded=%s action=%s run=%s%s",

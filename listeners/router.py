@@ -35,6 +35,7 @@ from listeners.events import IncomingEvent
 from store.runs import DeviceRun, OutboxEntry, RunSnapshot
 
 __all__ = [
+    "DefinitionPin",
     "EventLog",
     "RecordStatus",
     "RouteAction",
@@ -60,6 +61,7 @@ class RouteAction(enum.StrEnum):
     BUSY = "busy"  # a run is busy; the event waits in the store
     DEFERRED = "deferred"  # Prefect could not be reached; the outbox will finish the job
     REFUSED = "refused"  # the event was not stored (overflow), so nothing was routed
+    REJECTED = "rejected"  # the workflow's definition is missing or invalid: nothing was started
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,11 +142,21 @@ class RunLedger(Protocol):
 
     async def due(self, now: datetime, limit: int) -> list[OutboxEntry]: ...
 
+    async def outstanding(self, device_id: str | None = None) -> list[OutboxEntry]: ...
+
     async def mark_done(self, entry_id: int) -> None: ...
 
     async def mark_failed(
         self, entry_id: int, error: str, *, retry_at: datetime | None = None
     ) -> None: ...
+
+
+class DefinitionPin(Protocol):
+    """Pins the workflow's current definition by content hash (``flows.definitions``'s
+    ``DefinitionPinner``): raises ``UnknownWorkflowError`` (missing or invalid: final) or
+    ``DefinitionsUnavailableError`` (the source is down: try again later)."""
+
+    async def pin(self, workflow: str, version: str | None) -> str: ...
 
 
 def _started_something(result: RouteResult) -> bool:
@@ -176,8 +188,13 @@ class Router:
         workflow_version: str | None = None,
         unavailable_backoff: float = 5.0,
         max_concurrent_calls: int = 16,
+        definitions: DefinitionPin | None = None,
     ) -> None:
         self._events = events
+        # With ``definitions``, each start pins the definition before claiming the device and
+        # the hash travels in the start request (the outbox too): the run executes the content
+        # as it was when its event arrived, and a retried start creates the same run.
+        self._definitions = definitions
         self._ledger = ledger
         self._control = control
         self.workflow = workflow
@@ -253,7 +270,10 @@ class Router:
             # This very event started the current run: a redelivery, maybe after a crash
             # between claim and create. Creating again is idempotent.
             if current.run_id is None:
-                return await self._create(event, recorded, current.run_key)
+                request = await self._claimed_request(event)
+                if request is None:  # created meanwhile: Prefect answers with that run
+                    request = self.start_request(event)
+                return await self._create(event, recorded, current.run_key, request)
             return self._result(event, recorded, RouteAction.STARTED, current.run_id, "already")
         if current.run_id is None:
             return self._result(event, recorded, RouteAction.BUSY, detail="a start is pending")
@@ -263,29 +283,58 @@ class Router:
 
     # -- start -------------------------------------------------------------------------------
 
-    def start_request(self, event: IncomingEvent) -> dict[str, Any]:
+    def start_request(
+        self, event: IncomingEvent, definition_hash: str | None = None
+    ) -> dict[str, Any]:
         """Everything needed to create the run, as stored in the outbox (JSON)."""
         short = event.event_id[:12]
+        parameters: dict[str, Any] = {
+            "workflow": self.workflow,
+            "input": {"event": event.as_input()},
+            "version": self.workflow_version,
+            "device_id": event.device_id,
+        }
+        if definition_hash is not None:
+            parameters["definition_hash"] = definition_hash
         return {
-            "parameters": {
-                "workflow": self.workflow,
-                "input": {"event": event.as_input()},
-                "version": self.workflow_version,
-                "device_id": event.device_id,
-            },
+            "parameters": parameters,
             "name": f"{self.workflow}-{event.device_id}-{short}",
             "tags": [f"device:{event.device_id}", f"workflow:{self.workflow}", "ingress"],
             "runKey": run_key_for(event),
         }
 
+    async def _pin(self) -> str | None:
+        """The pinned definition's hash (None without ``definitions``); raises
+        ``UnknownWorkflowError`` or ``DefinitionsUnavailableError``."""
+        if self._definitions is None:
+            return None
+        return await self._definitions.pin(self.workflow, self.workflow_version)
+
     async def _start(self, event: IncomingEvent, recorded: RecordStatus) -> RouteResult:
+        from flows.definitions import UnknownWorkflowError
+
         run_key = run_key_for(event)
+        try:
+            # DefinitionsUnavailableError propagates: the transport redelivers the event later
+            # (it is recorded already; nothing was claimed, so nothing is half done).
+            digest = await self._pin()
+        except UnknownWorkflowError as exc:
+            log.error(
+                "device=%s event=%s workflow=%s: no run started, the definition is missing or "
+                "invalid: %s",
+                event.device_id,
+                event.event_id,
+                self.workflow,
+                exc,
+            )
+            return self._result(event, recorded, RouteAction.REJECTED, detail=str(exc))
+        request = self.start_request(event, digest)
         claimed = await self._ledger.claim_start(
             event.device_id,
             run_key,
             workflow=self.workflow,
             started_by_event=event.event_id,
-            request=self.start_request(event),
+            request=request,
         )
         if not claimed:
             winner = await self._ledger.current(event.device_id)
@@ -295,12 +344,28 @@ class Router:
                 return self._result(event, recorded, RouteAction.BUSY, run_id, "lost the start")
             if winner.run_id is not None:
                 return self._result(event, recorded, RouteAction.STARTED, winner.run_id, "already")
-        return await self._create(event, recorded, run_key)
+            # Our own claim from before: create with the request stored then (the same pin).
+            request = await self._claimed_request(event) or request
+        return await self._create(event, recorded, run_key, request)
+
+    async def _claimed_request(self, event: IncomingEvent) -> dict[str, Any] | None:
+        """The start request the claim stored in the outbox for this event, if still pending."""
+        for entry in await self._ledger.outstanding(event.device_id):
+            if (
+                entry.action == "start"
+                and entry.event_id == event.event_id
+                and isinstance(entry.payload, dict)
+            ):
+                return dict(entry.payload)
+        return None
 
     async def _create(
-        self, event: IncomingEvent, recorded: RecordStatus, run_key: str
+        self,
+        event: IncomingEvent,
+        recorded: RecordStatus,
+        run_key: str,
+        request: dict[str, Any],
     ) -> RouteResult:
-        request = self.start_request(event)
         try:
             run_id = await self.execute_start(event.device_id, run_key, request)
         except ControlError as exc:

@@ -92,7 +92,7 @@ def api(deployment: str, workdir: Path) -> Iterator[str]:
             "ORCH_API_API_KEYS": json.dumps([KEY, OTHER_KEY]),
             "ORCH_API_MAX_BODY_BYTES": str(MAX_BODY),
             "ORCH_API_DEPLOYMENT": deployment,
-            "ORCH_INGRESS_WORKFLOW": "api-test-workflow",
+            "ORCH_INGRESS_WORKFLOW": "device-decommission",
         }
     )
     log = (workdir / "api.log").open("wb")
@@ -263,7 +263,16 @@ def test_device_events_take_the_ingress_path(http: httpx.Client) -> None:
     run_id = started["runId"]
     status = http.get(f"/workflows/{run_id}").json()
     assert status["deviceId"] == device
-    assert status["workflowType"] == "api-test-workflow"
+    assert status["workflowType"] == "device-decommission"
+    # The router pinned the definition, as the API does for its own starts.
+
+    async def parameters() -> dict[str, Any]:
+        from prefect import get_client
+
+        async with get_client() as client:
+            return dict((await client.read_flow_run(uuid.UUID(run_id))).parameters)
+
+    assert len(asyncio.run(parameters())["definition_hash"]) == 64
     # The same message again is a duplicate; the started run is the same.
     again = http.post(f"/devices/{device}/events", json=event).json()
     assert again["recorded"] == "duplicate"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import pytest_asyncio
 from listeners.control import PrefectRunControl
 from listeners.local import IngressRuntime, open_ingress
 from listeners.pipeline import Disposition
-from listeners.router import RecordStatus, RouteAction
+from listeners.router import DefinitionPin, RecordStatus, RouteAction
 from listeners.settings import IngressSettings
 from tests.support.postgres import PostgresServer, free_port
 
@@ -104,13 +105,19 @@ def served_deployment(prefect_server: Any, app_db_url: str) -> Iterator[str]:
 
 @contextlib.asynccontextmanager
 async def runtime(
-    app_db_url: str, deployment: str, *, api_url: str | None = None
+    app_db_url: str,
+    deployment: str,
+    *,
+    api_url: str | None = None,
+    definitions: DefinitionPin | None = None,
 ) -> AsyncIterator[IngressRuntime]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     settings = IngressSettings(workflow="probe", deployment=deployment, prefect_timeout=5)
     if api_url is None:
-        async with open_ingress(database_url=app_db_url, settings=settings) as rt:
+        async with open_ingress(
+            database_url=app_db_url, settings=settings, definitions=definitions
+        ) as rt:
             yield rt
         return
     # The client reads the API URL when it is created: point it at the proxy.
@@ -118,7 +125,9 @@ async def runtime(
         control = PrefectRunControl(deployment, timeout=3)
         await control.__aenter__()
     try:
-        async with open_ingress(database_url=app_db_url, settings=settings, control=control) as rt:
+        async with open_ingress(
+            database_url=app_db_url, settings=settings, control=control, definitions=definitions
+        ) as rt:
             yield rt
     finally:
         await control.__aexit__(None, None, None)
@@ -288,6 +297,129 @@ async def test_the_sweep_reaches_runs_beyond_its_first_batch(
         for dev in devices[:-1]:  # still running in Prefect: left running
             other = await rt.ledger.current(dev)
             assert other is not None and other.status == "running"
+
+
+# -- pinned definitions ------------------------------------------------------------------------
+
+
+def _probe_definition(edition: str) -> str:
+    return json.dumps(
+        {
+            "name": "probe",
+            "version": "1",
+            "startAt": "Done",
+            "states": {"Done": {"type": "succeed", "output": {"edition": edition}}},
+        }
+    )
+
+
+async def test_a_run_started_by_an_event_keeps_its_definition_when_the_file_changes(
+    app_db_url: str, idle_deployment: str, tmp_path: Path
+) -> None:
+    from flows.definitions import DefinitionPinner, read_pinned
+    from tasks.builtin.definitions import DirectorySource
+
+    (tmp_path / "defs").mkdir()
+    source = tmp_path / "defs" / "probe.json"
+    source.write_text(_probe_definition("one"))
+    pinner = DefinitionPinner(DirectorySource(tmp_path / "defs"), tmp_path / "pinned")
+    dev = device()
+    async with runtime(app_db_url, idle_deployment, definitions=pinner) as rt:
+        outcome = await rt.local.send(dev, "hello", event_id="e1")
+        assert outcome.result is not None and outcome.result.action is RouteAction.STARTED
+    # The file changes before anything executes the run (nothing does: an idle deployment).
+    source.write_text(_probe_definition("two"))
+    (run,) = await device_runs(dev)
+    digest = run.parameters["definition_hash"]
+    pinned = await read_pinned(digest, tmp_path / "pinned")
+    assert pinned is not None
+    assert pinned.model_dump(mode="json")["states"]["Done"]["output"] == {"edition": "one"}
+
+
+async def test_a_start_request_in_the_outbox_carries_the_pinned_hash(
+    app_db_url: str, idle_deployment: str, tmp_path: Path
+) -> None:
+    """A start deferred while Prefect is down is created later with the hash pinned when the
+    event arrived, not with whatever the file holds by then."""
+    from flows.definitions import DefinitionPinner, read_pinned
+    from store.columns import utc_now
+    from tasks.builtin.definitions import DirectorySource
+
+    (tmp_path / "defs").mkdir()
+    source = tmp_path / "defs" / "probe.json"
+    source.write_text(_probe_definition("one"))
+    pinner = DefinitionPinner(DirectorySource(tmp_path / "defs"), tmp_path / "pinned")
+    dev = device()
+    async with runtime(
+        app_db_url,
+        idle_deployment,
+        api_url=f"http://127.0.0.1:{free_port()}/api",
+        definitions=pinner,
+    ) as rt:
+        outcome = await rt.local.send(dev, "hello", event_id="e1")
+        assert outcome.result is not None and outcome.result.action is RouteAction.DEFERRED
+        (entry,) = await rt.ledger.outstanding(dev)
+    assert isinstance(entry.payload, dict)
+    parameters = entry.payload["parameters"]
+    assert isinstance(parameters, dict) and isinstance(parameters["definition_hash"], str)
+    # The file changes; then Prefect is back and the reconciler creates the run.
+    source.write_text(_probe_definition("two"))
+    async with runtime(app_db_url, idle_deployment) as rt:
+
+        async def started() -> bool:
+            await rt.reconciler.run_once(now=utc_now() + timedelta_minutes(1))
+            return await rt.ledger.outstanding(dev) == []
+
+        await wait_until(started, "the deferred start")
+    (run,) = await device_runs(dev)
+    assert run.parameters["definition_hash"] == parameters["definition_hash"]
+    pinned = await read_pinned(run.parameters["definition_hash"], tmp_path / "pinned")
+    assert pinned is not None
+    assert pinned.model_dump(mode="json")["states"]["Done"]["output"] == {"edition": "one"}
+
+
+async def test_a_missing_definition_starts_nothing_and_is_final(
+    app_db_url: str, idle_deployment: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flows.definitions import DefinitionPinner
+    from tasks.builtin.definitions import DirectorySource
+
+    (tmp_path / "defs").mkdir()
+    pinner = DefinitionPinner(DirectorySource(tmp_path / "defs"), tmp_path / "pinned")
+    dev = device()
+    async with runtime(app_db_url, idle_deployment, definitions=pinner) as rt:
+        outcome = await rt.local.send(dev, "hello", event_id="e1")
+        assert outcome.disposition is Disposition.DEAD_LETTER
+        assert outcome.result is not None and outcome.result.action is RouteAction.REJECTED
+        assert await rt.ledger.current(dev) is None
+        assert await rt.ledger.outstanding(dev) == []
+    assert await device_runs(dev) == []
+    assert any(dev in r.getMessage() and "e1" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_definitions_source_that_is_down_defers_the_event(
+    app_db_url: str, idle_deployment: str
+) -> None:
+    from flows.definitions import DefinitionPinner
+    from interpreter.errors import ActivityError
+
+    class Down:
+        def describe(self) -> str:
+            return "a source that is down"
+
+        async def read(self, name: str, limit: int) -> bytes | None:
+            raise ActivityError("Definitions.Unavailable", "connection refused")
+
+        async def names(self, prefix: str) -> list[str]:
+            raise ActivityError("Definitions.Unavailable", "connection refused")
+
+    dev = device()
+    async with runtime(app_db_url, idle_deployment, definitions=DefinitionPinner(Down())) as rt:
+        outcome = await rt.local.send(dev, "hello", event_id="e1")
+        # Redelivered later by the transport; recorded already, nothing claimed.
+        assert outcome.disposition is Disposition.ABANDON
+        assert await rt.ledger.current(dev) is None
+    assert await device_runs(dev) == []
 
 
 # -- resume ------------------------------------------------------------------------------------
