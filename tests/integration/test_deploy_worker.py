@@ -85,20 +85,6 @@ def _start_worker(log_path: Path, cwd: Path, env: dict[str, str]) -> subprocess.
         )
 
 
-def _deploy_args(checkout: Path) -> list[str]:
-    """``--all``, unless an entrypoint another developer is still writing is missing."""
-    config = yaml.safe_load((checkout / "prefect.yaml").read_text())
-    missing = [
-        d["name"]
-        for d in config["deployments"]
-        if not (checkout / d["entrypoint"].split(":")[0]).exists()
-    ]
-    if not missing:
-        return ["--all"]
-    present = [d["name"] for d in config["deployments"] if d["name"] not in missing]
-    return [arg for name in present for arg in ("--name", name)]
-
-
 async def test_deploy_all_then_a_worker_runs_a_workflow_to_completion(
     checkout: Path, env: dict[str, str], worker_processes: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -106,8 +92,12 @@ async def test_deploy_all_then_a_worker_runs_a_workflow_to_completion(
         # Deploying to a pool that does not exist creates nothing: create it first.
         created = _run([PREFECT, "work-pool", "create", POOL, "--type", "process"], checkout, env)
         assert created.returncode == 0, created.stdout + created.stderr
-        deployed = _run([PREFECT, "deploy", *_deploy_args(checkout), "--no-prompt"], checkout, env)
+        deployed = _run([PREFECT, "deploy", "--all", "--no-prompt"], checkout, env)
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        # Every deployment prefect.yaml declares exists now.
+        declared = yaml.safe_load((checkout / "prefect.yaml").read_text())["deployments"]
+        on_pool = {d.name for d in await client.read_deployments() if d.work_pool_name == POOL}
+        assert {d["name"] for d in declared} <= on_pool
 
         deployment = await client.read_deployment_by_name("run-workflow/device-workflow")
         assert deployment.work_pool_name == POOL

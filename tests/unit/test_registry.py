@@ -206,6 +206,9 @@ def test_importing_the_registry_and_its_builtins_stays_light() -> None:
 def test_embedded_settings_equal_validated_defaults_and_ignore_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Session fixtures of the integration tests may have set ORCH_* for their executors.
+    for name in [n for n in os.environ if n.startswith("ORCH_")]:
+        monkeypatch.delenv(name)
     for settings_type in (HttpSettings, NotifySettings, DefinitionSettings):
         assert settings_type.embedded() == settings_type.model_validate({})
     monkeypatch.setenv("ORCH_HTTP_ALLOW_LOOPBACK", "true")
