@@ -118,7 +118,9 @@ class ServiceBusListener:
         self._stop = asyncio.Event()
         self._beats: dict[int, float] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._lost_sessions: set[str] = set()
+        #: Sessions whose lock renewal failed, by the session OBJECT's identity: a late callback
+        #: for a device's closed session must not mark that device's next session lost.
+        self._lost_sessions: set[int] = set()
         self._closing: set[asyncio.Task[None]] = set()
         #: Counts of what happened: complete, abandon, dead_letter, settle_failed, lock_lost, ...
         self.stats: Counter[str] = Counter()
@@ -198,7 +200,7 @@ class ServiceBusListener:
     async def _renew_failed(self, renewable: Any, error: Exception | None) -> None:
         session_id = getattr(renewable, "session_id", None)
         if session_id is not None:
-            self._lost_sessions.add(str(session_id))
+            self._lost_sessions.add(id(renewable))
         self.stats["lock_renew_failed"] += 1
         log.warning("lock renewal failed for %s: %r", session_id or renewable, error)
 
@@ -251,7 +253,7 @@ class ServiceBusListener:
     async def _drain(self, receiver: ServiceBusReceiver, index: int) -> None:
         settings = self._settings
         session_id = str(receiver.session.session_id)
-        self._lost_sessions.discard(session_id)
+        self._lost_sessions.discard(id(receiver.session))
         log.debug("accepted session %s", session_id)
         idle_wait = min(settings.session_idle_wait, settings.max_wait_time)
         wait = settings.max_wait_time
@@ -284,7 +286,7 @@ class ServiceBusListener:
     ) -> bool:
         """Process a batch, then settle it; False when the session must be let go."""
         outcomes = await self._ingress.process_many([to_incoming(m) for m in messages])
-        if session_id in self._lost_sessions:
+        if id(receiver.session) in self._lost_sessions:
             self._lock_lost(session_id, messages[0].message_id)
             return False
         pairs = list(zip(messages, outcomes, strict=True))
@@ -303,7 +305,7 @@ class ServiceBusListener:
         for message, outcome in pairs:
             if outcome.disposition is not Disposition.ABANDON:
                 continue
-            if session_id in self._lost_sessions:
+            if id(receiver.session) in self._lost_sessions:
                 self._lock_lost(session_id, message.message_id)
                 return False
             try:
