@@ -48,7 +48,7 @@ from store.columns import utc_now
 from store.db import Database
 from store.errors import StoreError
 from store.runs import DeviceRun, RunSnapshot
-from store.sql import insert_or_ignore
+from store.sql import insert_device_if_missing
 from store.tables import DEVICE_EVENTS, DEVICE_RUNS, DEVICES, WAITS
 
 __all__ = [
@@ -246,19 +246,7 @@ class EventStore:
         )
         row = (await connection.execute(locked)).mappings().first()
         if row is None:
-            await insert_or_ignore(
-                connection,
-                _D,
-                {
-                    "device_id": device_id,
-                    "count": 0,
-                    "last_sequence": 0,
-                    "overflowed": 0,
-                    "first_seen_at": now,
-                    "last_activity_at": now,
-                },
-                ["device_id"],
-            )
+            await insert_device_if_missing(connection, device_id, now)
             row = (await connection.execute(locked)).mappings().first()
         if row is None:  # pragma: no cover - the row was inserted or existed one statement ago
             raise StoreError(f"device row for {device_id!r} vanished inside its transaction")

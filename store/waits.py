@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.columns import utc_now
 from store.db import Database
-from store.sql import insert_or_ignore
+from store.sql import insert_device_if_missing, insert_or_ignore
 from store.tables import DEVICE_EVENTS, DEVICES, WAITS
 
 __all__ = ["Wait", "WaitStore"]
@@ -100,19 +100,7 @@ class WaitStore:
         held = select(_D.c.device_id).where(_D.c.device_id == device_id).with_for_update(read=True)
         if await connection.scalar(held) is None:
             now = utc_now()
-            await insert_or_ignore(
-                connection,
-                _D,
-                {
-                    "device_id": device_id,
-                    "count": 0,
-                    "last_sequence": 0,
-                    "overflowed": 0,
-                    "first_seen_at": now,
-                    "last_activity_at": now,
-                },
-                ["device_id"],
-            )
+            await insert_device_if_missing(connection, device_id, now)
             await connection.scalar(held)
 
     async def get(self, run_id: str, wait_key: str) -> Wait | None:
