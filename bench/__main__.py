@@ -161,7 +161,9 @@ class Bench:
         if shared is not None:
             yield shared
             return
-        async with self.api() as client:
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
             yield client
 
     async def __aexit__(self, *_: object) -> None:
