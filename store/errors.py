@@ -3,6 +3,7 @@
     OrchestrationError
     └── StoreError                      something the store refuses or cannot do
         ├── UnsupportedDatabaseError    neither SQLite (aiosqlite) nor PostgreSQL (asyncpg)
+        ├── EventRefusedError           an event the database can never store (permanent)
         ├── IdempotencyConflictError    a key reused for another activity or another input
         ├── IdempotencyPendingError     the first call with this key is still running (retry later)
         ├── RecordNotFoundError         no record with this id
@@ -16,6 +17,7 @@ from __future__ import annotations
 from interpreter.errors import OrchestrationError
 
 __all__ = [
+    "EventRefusedError",
     "IdempotencyConflictError",
     "IdempotencyPendingError",
     "RecordNotFoundError",
@@ -33,6 +35,21 @@ class StoreError(OrchestrationError):
 
 class UnsupportedDatabaseError(StoreError):
     """The URL names a database or driver the store does not support."""
+
+
+class EventRefusedError(StoreError):
+    """Events holding values the database can never store (NUL characters, lone surrogates,
+    NaN or infinite numbers, ...): retrying cannot help, nothing of the batch was written.
+
+    ``refused`` maps the positions of the offending events (in the order given to the store) to
+    what is wrong with each; it is empty when the database refused the batch without saying which
+    event, and then ``description`` carries the database's own message.
+    """
+
+    def __init__(self, description: str, refused: dict[int, str] | None = None) -> None:
+        super().__init__(f"the database refuses to store the event: {description}")
+        self.description = description
+        self.refused = dict(refused or {})
 
 
 class IdempotencyConflictError(StoreError):

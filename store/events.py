@@ -10,8 +10,16 @@ time and how many events were refused for overflow.
   the write lock on SQLite) for the duplicate check, the limit check, the insert and the counter
   update, all in one transaction: sequences are gap-free and race-free, and devices never wait for
   each other on PostgreSQL.
+- The same id with other content (another name or payload, compared as JSON values) is a
+  ``conflict``: not stored, and the caller dead-letters it (a producer reused an id).
+- Events the database can never store (NUL characters, lone surrogates, NaN or infinite numbers;
+  see ``store.storable``) raise ``EventRefusedError`` (permanent; it names the events) and nothing
+  of the batch is written: SQLite is checked before the write, PostgreSQL refuses the statement.
+- ``occurred_at`` (the producer's time, optional) is stored; an event whose producer time is
+  earlier than one already recorded for the device is stored in arrival order all the same and
+  flagged ``out_of_order`` (on the row and in the result) for the caller to log.
 - ``record_many`` records a batch in one transaction (on PostgreSQL one statement: the
-  ``orch_record_events`` function of migration 0002, one round trip for the whole batch), each
+  ``orch_record_events`` function of migrations 0002/0003, one round trip for the whole batch), each
   device's events in the order given, and reads after recording, per device, its current run and
   the event names that run waits for (``RunSnapshot``): all the router needs to decide, with no
   second round trip. ``record`` is a batch of one. SQLite runs the same steps as Core statements.
@@ -46,9 +54,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.columns import utc_now
 from store.db import Database
-from store.errors import StoreError
+from store.errors import EventRefusedError, StoreError
 from store.runs import DeviceRun, RunSnapshot
 from store.sql import insert_device_if_missing
+from store.storable import unstorable
 from store.tables import DEVICE_EVENTS, DEVICE_RUNS, DEVICES, WAITS
 
 __all__ = [
@@ -65,7 +74,7 @@ __all__ = [
 DEFAULT_MAX_EVENTS_PER_DEVICE = 1000
 
 Identifier = Annotated[str, Field(min_length=1, max_length=200)]
-RecordStatus = Literal["inserted", "duplicate", "overflow"]
+RecordStatus = Literal["inserted", "duplicate", "conflict", "overflow"]
 
 _E = DEVICE_EVENTS
 _D = DEVICES
@@ -75,9 +84,9 @@ _W = WAITS
 #: One statement for a whole batch (migration 0002); arrays keep it one prepared statement.
 _RECORD_EVENTS_SQL = (
     "SELECT idx, status, seq, run_key, run_id, run_workflow, run_status, run_started_by_event,"
-    " run_created_at, run_updated_at, waiting"
+    " run_created_at, run_updated_at, waiting, out_of_order"
     " FROM orch_record_events($1::text[], $2::text[], $3::text[], $4::text[],"
-    " $5::timestamptz[], $6::timestamptz[], $7::timestamptz, $8::integer)"
+    " $5::timestamptz[], $6::timestamptz[], $7::timestamptz[], $8::timestamptz, $9::integer)"
 )
 
 
@@ -95,6 +104,8 @@ class DeviceEvent(BaseModel):
     enqueued_at: AwareDatetime | None = None
     #: When the ingress received it; ``None`` means "now" by the store's clock.
     received_at: AwareDatetime | None = None
+    #: When the producer says the event happened, if it says (out-of-order detection).
+    occurred_at: AwareDatetime | None = None
 
 
 class StoredEvent(BaseModel):
@@ -111,6 +122,9 @@ class StoredEvent(BaseModel):
     received_at: datetime
     consumed_by: str | None
     consumed_at: datetime | None
+    occurred_at: datetime | None = None
+    #: Its producer time is earlier than one recorded before it for the device.
+    out_of_order: bool = False
 
     def as_json(self) -> dict[str, Any]:
         """The camelCase JSON document workflows see (timestamps as RFC 3339)."""
@@ -128,19 +142,22 @@ class StoredEvent(BaseModel):
 
 
 class RecordResult(BaseModel):
-    """What ``record`` did: ``inserted`` or ``duplicate`` (both: acknowledge the message) or
-    ``overflow`` (not stored: dead-letter the message with a reason)."""
+    """What ``record`` did: ``inserted`` or ``duplicate`` (both: acknowledge the message),
+    ``conflict`` (the id is stored with other content) or ``overflow`` (neither stored: dead-letter
+    the message with a reason)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     status: RecordStatus
-    #: The event's sequence (the first copy's for a duplicate); ``None`` for an overflow.
+    #: The event's sequence (the first copy's for a duplicate or a conflict); None for an overflow.
     sequence: int | None
+    #: Inserted with a producer time earlier than one recorded before for the device.
+    out_of_order: bool = False
 
     @property
     def stored(self) -> bool:
-        """True when the event is in the store (inserted now or before)."""
-        return self.status != "overflow"
+        """True when this event is in the store (inserted now or before)."""
+        return self.status in ("inserted", "duplicate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +196,8 @@ def _stored(row: RowMapping) -> StoredEvent:
         received_at=row["received_at"],
         consumed_by=row["consumed_by"],
         consumed_at=row["consumed_at"],
+        occurred_at=row["occurred_at"],
+        out_of_order=row["out_of_order"],
     )
 
 
@@ -192,11 +211,38 @@ _EVENT_COLUMNS = (
     _E.c.received_at,
     _E.c.consumed_by,
     _E.c.consumed_at,
+    _E.c.occurred_at,
+    _E.c.out_of_order,
 )
 
 
-def _result(status: str, sequence: int | None) -> RecordResult:
-    return RecordResult(status=status, sequence=sequence)
+def _result(status: str, sequence: int | None, out_of_order: bool = False) -> RecordResult:
+    return RecordResult(status=status, sequence=sequence, out_of_order=out_of_order)
+
+
+def _payload_text(payload: object) -> str:
+    """The payload as JSON text; NaN and infinities pass (as PostgreSQL's refusal to find)."""
+    return json.dumps(payload, separators=(",", ":"))
+
+
+def _canonical(payload: object) -> str:
+    """One text per JSON value, whatever the key order (content comparison on SQLite)."""
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True)
+
+
+def _refusals(events: Sequence[DeviceEvent]) -> dict[int, str]:
+    """What makes each unstorable event unstorable, by its position in ``events``."""
+    found: dict[int, str] = {}
+    for position, event in enumerate(events):
+        problem = unstorable(event.device_id, event.event_id, event.name, event.payload)
+        if problem is not None:
+            found[position] = f"event {event.event_id!r} of device {event.device_id!r}: {problem}"
+    return found
+
+
+def _refused(events: Sequence[DeviceEvent], refused: dict[int, str], fallback: str) -> Exception:
+    description = "; ".join(refused.values()) if refused else fallback
+    return EventRefusedError(description, refused)
 
 
 async def _snapshot(connection: AsyncConnection, device_id: str) -> RunSnapshot:
@@ -217,6 +263,18 @@ async def _snapshot(connection: AsyncConnection, device_id: str) -> RunSnapshot:
         .distinct()
     )
     return RunSnapshot(run, frozenset(str(name) for name in names))
+
+
+def _data_errors() -> tuple[type[BaseException], ...]:
+    """asyncpg's refusals of values: the server's class 22 and the client's encoding errors."""
+    try:
+        import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
+    except ImportError:  # pragma: no cover - SQLite-only installs never reach the PG path
+        return ()
+    return (asyncpg.exceptions.DataError, asyncpg.exceptions._base.DataError, UnicodeEncodeError)
+
+
+_DATA_ERRORS = _data_errors()
 
 
 # Each lost claim race means another claimer consumed an event, so this bound is never reached by
@@ -240,7 +298,7 @@ class EventStore:
     ) -> RowMapping:
         """The device's counters, row-locked until the transaction ends (created if new)."""
         locked = (
-            select(_D.c.count, _D.c.last_sequence)
+            select(_D.c.count, _D.c.last_sequence, _D.c.last_occurred_at)
             .where(_D.c.device_id == device_id)
             .with_for_update()
         )
@@ -266,7 +324,16 @@ class EventStore:
         order = sorted(range(len(events)), key=lambda i: events[i].device_id)
         now = utc_now()
         if self._db.dialect == "postgresql":
-            return await self._record_many_pg([events[i] for i in order], order, now)
+            try:
+                return await self._record_many_pg([events[i] for i in order], order, now)
+            except _DATA_ERRORS as exc:
+                # Class 22 (data exception) and the driver's own encoding refusals are decided
+                # by the values alone: the same batch fails the same way every time.
+                raise _refused(events, _refusals(events), f"{type(exc).__name__}: {exc}") from exc
+        # SQLite stores what PostgreSQL refuses: refuse it here too, before anything is written.
+        refused = _refusals(events)
+        if refused:
+            raise _refused(events, refused, "")
         return await self._record_many_portable([events[i] for i in order], order, now)
 
     async def _record_many_pg(
@@ -278,9 +345,10 @@ class EventStore:
                 [e.device_id for e in ordered],
                 [e.event_id for e in ordered],
                 [e.name for e in ordered],
-                [json.dumps(e.payload, separators=(",", ":")) for e in ordered],
+                [_payload_text(e.payload) for e in ordered],
                 [e.enqueued_at for e in ordered],
                 [e.received_at for e in ordered],
+                [e.occurred_at for e in ordered],
                 now,
                 self.max_events_per_device,
             )
@@ -288,7 +356,7 @@ class EventStore:
         runs: dict[str, RunSnapshot] = {}
         for row in rows:
             position = row["idx"] - 1
-            results[order[position]] = _result(row["status"], row["seq"])
+            results[order[position]] = _result(row["status"], row["seq"], row["out_of_order"])
             device_id = ordered[position].device_id
             if device_id in runs:
                 continue
@@ -328,15 +396,21 @@ class EventStore:
                     0,
                     False,
                 )
+                latest: datetime | None = device["last_occurred_at"]
                 for position in range(start, end):
                     event = ordered[position]
-                    first = await connection.scalar(
-                        select(_E.c.sequence).where(
-                            _E.c.device_id == device_id, _E.c.event_id == event.event_id
+                    first = (
+                        await connection.execute(
+                            select(_E.c.sequence, _E.c.name, _E.c.payload).where(
+                                _E.c.device_id == device_id, _E.c.event_id == event.event_id
+                            )
                         )
-                    )
+                    ).first()
                     if first is not None:
-                        results[order[position]] = _result("duplicate", int(first))
+                        stored_as = (first.name, _canonical(first.payload))
+                        same = stored_as == (event.name, _canonical(event.payload))
+                        status = "duplicate" if same else "conflict"
+                        results[order[position]] = _result(status, int(first.sequence))
                         continue
                     changed = True
                     if held >= self.max_events_per_device:
@@ -345,6 +419,9 @@ class EventStore:
                         continue
                     last += 1
                     held += 1
+                    late = bool(event.occurred_at and latest and event.occurred_at < latest)
+                    if event.occurred_at is not None and (latest is None or not late):
+                        latest = event.occurred_at
                     await connection.execute(
                         _E.insert().values(
                             device_id=device_id,
@@ -354,9 +431,11 @@ class EventStore:
                             payload=event.payload,
                             enqueued_at=event.enqueued_at,
                             received_at=event.received_at or now,
+                            occurred_at=event.occurred_at,
+                            out_of_order=late,
                         )
                     )
-                    results[order[position]] = _result("inserted", last)
+                    results[order[position]] = _result("inserted", last, late)
                 if changed:
                     await connection.execute(
                         update(_D)
@@ -365,6 +444,7 @@ class EventStore:
                             count=held,
                             last_sequence=last,
                             overflowed=_D.c.overflowed + refused,
+                            last_occurred_at=latest,
                             last_activity_at=now,
                         )
                     )

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Index,
     Integer,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlmodel import Field, SQLModel
 
@@ -62,6 +64,8 @@ class DeviceRow(SQLModel, table=True):
     overflowed: int = Field(sa_column=Column(Integer, nullable=False))
     first_seen_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     last_activity_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    #: The latest producer time recorded for the device (out-of-order detection, migration 0003).
+    last_occurred_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
 
 
 class DeviceEventRow(SQLModel, table=True):
@@ -83,6 +87,12 @@ class DeviceEventRow(SQLModel, table=True):
     consumed_by: str | None = Field(default=None, sa_column=Column(String(KEY)))
     consumed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
     cleared_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    #: The producer's time of the event, when it gave one (migration 0003).
+    occurred_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    #: Its producer time is earlier than one already recorded for the device.
+    out_of_order: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
+    )
 
 
 class IdempotencyKeyRow(SQLModel, table=True):

@@ -64,13 +64,14 @@ async def test_a_duplicate_is_acknowledged_stored_once_and_uses_no_sequence(
 ) -> None:
     store = EventStore(database)
     first = await store.record(event("dev", "msg-1", v=1))
-    again = await store.record(event("dev", "msg-1", v=2))  # a redelivery, even if altered
+    again = await store.record(event("dev", "msg-1", v=1))  # a redelivery
 
     assert (first.status, first.sequence) == ("inserted", 1)
     assert (again.status, again.sequence) == ("duplicate", 1)
     assert again.stored
     listed = await store.list("dev")
     assert [(e.event_id, e.payload) for e in listed] == [("msg-1", {"v": 1})]
+    # Other content under the same id is a conflict, not a duplicate (test_event_store_refusals).
 
     nxt = await store.record(event("dev", "msg-2"))
     assert (nxt.status, nxt.sequence) == ("inserted", 2)

@@ -71,6 +71,60 @@ async def test_migrations_are_idempotent_and_safe_to_run_concurrently(database_u
             await database.close()
 
 
+async def test_migration_0003_downgrades_and_upgrades_again_keeping_events(
+    database_url: str,
+) -> None:
+    """0003 adds the out-of-order columns and replaces ``orch_record_events`` on PostgreSQL:
+    down to 0002 (recording works as before) and up again, with the rows kept."""
+    from alembic import command
+
+    from store.events import DeviceEvent, EventStore
+    from store.migrate import alembic_config
+
+    def step(connection: Connection, target: str, down: bool) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        (command.downgrade if down else command.upgrade)(config, target)
+
+    database = await Database.connect(database_url)
+    try:
+        store_ = EventStore(database)
+        await store_.record(DeviceEvent(device_id="d", event_id="a", name="n"))
+        async with database.engine.connect() as connection:
+            await connection.run_sync(step, "0002", True)
+            await connection.commit()
+        assert await current_revision(database.engine) == "0002"
+        async with database.engine.connect() as connection:
+            columns = await connection.run_sync(
+                lambda sync: {c["name"] for c in inspect(sync).get_columns("device_events")}
+            )
+            assert "out_of_order" not in columns and "occurred_at" not in columns
+            if database.dialect == "postgresql":
+                # 0002's function is back: it records with its own arguments.
+                recorded = await connection.exec_driver_sql(
+                    "SELECT status FROM orch_record_events(ARRAY['d'], ARRAY['b'], ARRAY['n'],"
+                    " ARRAY['{}'], ARRAY[NULL]::timestamptz[], ARRAY[NULL]::timestamptz[],"
+                    " now(), 10)"
+                )
+                assert [row[0] for row in recorded] == ["inserted"]
+                await connection.commit()
+        async with database.engine.connect() as connection:
+            await connection.run_sync(step, "head", False)
+            await connection.commit()
+        assert await current_revision(database.engine) == head_revision()
+        async with database.engine.connect() as connection:
+            assert await connection.run_sync(_differences) == []
+        await database.close()
+        database = await Database.connect(database_url)
+        store_ = EventStore(database)
+        held = await store_.list("d")
+        assert [e.event_id for e in held][:1] == ["a"]
+        assert not any(e.out_of_order for e in held)
+        assert (await store_.record(DeviceEvent(device_id="d", event_id="c", name="n"))).stored
+    finally:
+        await database.close()
+
+
 def test_separate_processes_migrating_at_once_all_succeed(database_url: str) -> None:
     script = (
         "import asyncio, sys\n"
