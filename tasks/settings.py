@@ -37,10 +37,12 @@ class HttpSettings(_Embedded):
     """``http.request``: which hosts it may call and how much it may read (``ORCH_HTTP_*``).
 
     ``allowed_hosts`` holds exact host names or IP addresses, ``*.example.com`` for the subdomains
-    of a domain, or ``*`` for any host. Whatever the list says, addresses that are loopback,
-    private, link-local (cloud metadata such as 169.254.169.254 and Azure's 168.63.129.16),
-    unspecified, multicast or reserved are refused; ``allow_loopback`` lets loopback through (local
-    development and tests only).
+    of a domain, or ``*`` for any host; each may end in ``:port`` to allow that port only
+    (``api.example.com:8443``, ``[2001:db8::1]:443``), else every port of the host is allowed.
+    A redirect never leaves the port it came from (but for http on 80 up to https on 443).
+    Whatever the list says, addresses that are loopback, private, link-local (cloud metadata such
+    as 169.254.169.254 and Azure's 168.63.129.16), unspecified, multicast or reserved are refused;
+    ``allow_loopback`` lets loopback through (local development and tests only).
     """
 
     model_config = SettingsConfigDict(env_prefix="ORCH_HTTP_", extra="ignore")

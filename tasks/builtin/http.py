@@ -11,9 +11,11 @@ How the guard holds (see ``tasks.builtin.netguard`` for which hosts and addresse
 - The ``Host`` header keeps the original name. For https the TLS server name (SNI) and the
   certificate check use the original name too, through httpcore's ``sni_hostname`` request
   extension: the certificate must be valid for the name, while the socket goes to the checked IP.
-- Redirects are never followed by httpx. Same-host redirects are followed here, up to
-  ``max_redirects``, each hop checked and resolved again; a redirect to another host, or from https
-  down to http, is refused (``Http.Forbidden``).
+- ``allowed_hosts`` entries are hosts (every port) or ``host:port`` (that port only).
+- Redirects are never followed by httpx. Same-host, same-port redirects are followed here, up to
+  ``max_redirects``, each hop checked against the allow-list and resolved again; a redirect to
+  another host, to another port of the same host (but for http on 80 up to https on 443), or from
+  https down to http, is refused (``Http.Forbidden``).
 - Environment proxies are ignored (``trust_env=False``): a proxy would resolve the name itself.
 - The body is streamed and cut off at ``max_response_bytes`` (``Http.ResponseTooLarge``);
   ``Accept-Encoding: identity`` is sent so a compressed bomb is not expanded in memory.
@@ -124,6 +126,11 @@ async def _resolve(host: str, port: int) -> list[netguard.IPAddress]:
     return addresses
 
 
+def effective_port(url: httpx.URL) -> int:
+    """The port the URL connects to (the scheme's default when it names none)."""
+    return url.port or (443 if url.scheme == "https" else 80)
+
+
 async def check_target(url: httpx.URL, settings: HttpSettings) -> Target:
     """Canonicalise, allow-list, resolve once and check every address; ``Http.Forbidden`` if not."""
     if url.scheme not in ("http", "https"):
@@ -134,10 +141,12 @@ async def check_target(url: httpx.URL, settings: HttpSettings) -> Target:
         host = netguard.canonical_host(url.host)
     except netguard.InvalidHostError as exc:
         raise forbidden(str(exc)) from exc
-    if not netguard.host_allowed(host, settings.allowed_hosts):
-        raise forbidden(f"host {host!r} is not in the allow-list (ORCH_HTTP_ALLOWED_HOSTS)")
+    port = effective_port(url)
+    if not netguard.host_allowed(host, settings.allowed_hosts, port):
+        raise forbidden(
+            f"host {host!r} port {port} is not in the allow-list (ORCH_HTTP_ALLOWED_HOSTS)"
+        )
     literal = netguard.parse_ip_literal(host)
-    port = url.port or (443 if url.scheme == "https" else 80)
     addresses = [literal] if literal is not None else await _resolve(host, port)
     for address in addresses:
         reason = netguard.address_refusal(address, allow_loopback=settings.allow_loopback)
@@ -205,6 +214,12 @@ def _redirect(
         raise forbidden(f"redirect from {target.host!r} to another host {next_host!r} refused")
     if target.url.scheme == "https" and next_url.scheme != "https":
         raise forbidden(f"redirect from https down to {next_url.scheme!r} refused")
+    port, next_port = effective_port(target.url), effective_port(next_url)
+    upgrade = (target.url.scheme, port, next_url.scheme, next_port) == ("http", 80, "https", 443)
+    if next_port != port and not upgrade:
+        # Another port of the same host is another service (an admin port, a database's HTTP
+        # interface): the allow-list let the caller reach this one, not every one.
+        raise forbidden(f"redirect from port {port} to another port {next_port} refused")
     status = response.status_code
     if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
         return next_url, "GET", None
@@ -307,8 +322,8 @@ def register(registry: ActivityRegistry) -> None:
         name="http.request",
         description=(
             "Call an allow-listed public HTTP(S) host (SSRF-guarded: resolved once, private and "
-            "metadata addresses refused, same-host redirects only, response size capped); "
-            "retryable on 5xx, connection errors and timeouts."
+            "metadata addresses refused, same-host same-port redirects only, response size "
+            "capped); retryable on 5xx, connection errors and timeouts."
         ),
         retry_safe=True,
         changes_state=True,

@@ -1,5 +1,9 @@
 """Which hosts and addresses ``http.request`` may reach (pure: no sockets, no DNS).
 
+The allow-list holds hosts, each optionally with a port: ``example.com`` allows every port of the
+host, ``example.com:8443`` that port only (``http.request`` keeps a redirect on the port it came
+from either way).
+
 A host is first brought to one canonical spelling, so that ``2130706433``, ``0x7f.1``, ``0177.1``
 and ``[::ffff:127.0.0.1]`` are all seen as ``127.0.0.1`` (the WHATWG URL standard's IPv4 parser,
 which is also what ``inet_aton`` and browsers accept). The canonical host must be on the
@@ -21,6 +25,7 @@ __all__ = [
     "canonical_host",
     "host_allowed",
     "parse_ip_literal",
+    "split_entry",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -94,10 +99,36 @@ def canonical_host(host: str) -> str:
     return name
 
 
-def host_allowed(host: str, allowed_hosts: Iterable[str]) -> bool:
-    """``host`` (canonical) matches an exact entry, a ``*.domain`` entry, or ``*``."""
+def split_entry(entry: str) -> tuple[str, int | None]:
+    """An allow-list entry as (host pattern, port or None for any port).
+
+    ``example.com``, ``*.example.com:8443``, ``10.0.0.1:80``, ``[2001:db8::1]:443``; a bare IPv6
+    address (``2001:db8::1``) has no port."""
+    text = entry.strip().lower()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    if port_text and not (port_text.isdigit() and 0 < int(port_text) < 65536):
+        raise InvalidHostError(f"allow-list entry {entry!r} has an invalid port {port_text!r}")
+    return host, int(port_text) if port_text else None
+
+
+def host_allowed(host: str, allowed_hosts: Iterable[str], port: int | None = None) -> bool:
+    """``host`` (canonical) on ``port`` matches an exact entry, a ``*.domain`` entry, or ``*``.
+
+    An entry without a port allows every port of its hosts; ``host:port`` allows that port only
+    (``port`` None matches entries without a port alone)."""
     for entry in allowed_hosts:
-        pattern = entry.strip().lower()
+        try:
+            pattern, entry_port = split_entry(entry)
+        except InvalidHostError:
+            continue
+        if entry_port is not None and entry_port != port:
+            continue
         if pattern == "*":
             return True
         if pattern.startswith("*."):
