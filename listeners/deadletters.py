@@ -226,7 +226,8 @@ async def _pass(
                 letter.description,
                 letter.delivery_count,
             )
-            if not await _alert(http, settings.alert_webhook_url, letter):
+            webhook = settings.alert_webhook_url
+            if not await _alert(http, webhook.get_secret_value() if webhook else None, letter):
                 # The webhook is down: keep this one (and the rest) for the next pass
                 # rather than complete what nobody was told about.
                 report.alert_failures += 1

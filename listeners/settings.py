@@ -42,8 +42,9 @@ class ServiceBusSettings(BaseSettings):
     recoverable_reasons: frozenset[str] = frozenset(
         {"MaxDeliveryCountExceeded", "TransientFailure"}
     )
-    #: Where the dead-letter processor posts one alert per message (none: log only).
-    alert_webhook_url: str | None = None
+    #: Where the dead-letter processor posts one alert per message (none: log only). A secret:
+    #: webhook URLs carry their token in the path.
+    alert_webhook_url: SecretStr | None = None
 
     @model_validator(mode="after")
     def _one_way_to_connect(self) -> ServiceBusSettings:

@@ -71,15 +71,33 @@ _context: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
     "orchestration_log_context", default=MappingProxyType({})
 )
 
+# Names whose value is a secret: ``access_token``, ``client-secret``, ``x-api-key``, ``auth``,
+# ``AccountKey``... The name may carry a prefix (``refresh_``, ``Shared``); the separator must
+# follow it at once, so ``author=`` or ``keyboard:`` are left alone.
+_CREDENTIAL_NAMES = (
+    r"[\w.-]*?(?:SharedAccessKey|AccountKey|InstrumentationKey|password|passwd|pwd|sig|"
+    r"api[_-]?key|key|secret|token|auth|authorization|credentials?)"
+)
+
 # Each pattern: (what stays before)(the secret)(what stays after).
 _SECRET_PATTERNS = (
-    re.compile(
-        r"(?i)(\b(?:SharedAccessKey|AccountKey|InstrumentationKey|password|pwd|sig|api[_-]?key|"
-        r"client[_-]?secret|token)=)([^;&\s\"']+)()"
-    ),
+    # name=value in connection strings and query strings
+    re.compile(rf"(?i)(\b{_CREDENTIAL_NAMES}=)([^;&\s\"']+)()"),
+    # "name": "value" in JSON (escaped quotes inside the value included)
+    re.compile(rf"(?i)([\"']{_CREDENTIAL_NAMES}[\"']\s*:\s*\")((?:[^\"\\]|\\.)*)(\")"),
+    re.compile(rf"(?i)([\"']{_CREDENTIAL_NAMES}[\"']\s*:\s*')((?:[^'\\]|\\.)*)(')"),
+    # name: value in headers and YAML-ish text
+    re.compile(rf"(?i)(\b{_CREDENTIAL_NAMES}:[ \t]*)((?!Bearer\b|Basic\b)[^\"'\s,}}]+)()"),
     re.compile(r"(?i)(\b(?:Bearer|Basic)\s+)([A-Za-z0-9._~+/=-]{8,})()"),
-    re.compile(r"(?i)(x-api-key[\"']?\s*[:=]\s*[\"']?)([^\"'\s,}]+)()"),
+    # user:password@ in URLs
     re.compile(r"(?i)(://[^:/@\s]+:)([^@\s]+)(@)"),
+    # webhook URLs carry their token in the path (Slack, Teams, Discord, most others): a host or
+    # a path segment that names a hook keeps nothing of the path after it
+    re.compile(r"(?i)(https?://[^/\s\"'<>]*hook[^/\s\"'<>]*/)([^\s\"'<>?#]+)()"),
+    re.compile(
+        r"(?i)(https?://[^/\s\"'<>]+/(?:[^/\s\"'<>]+/)*?[^/\s\"'<>]*hook[^/\s\"'<>]*/)"
+        r"([^\s\"'<>?#]+)()"
+    ),
 )
 
 

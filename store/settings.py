@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -10,12 +13,18 @@ __all__ = ["DEFAULT_DATABASE_URL", "DatabaseSettings"]
 #: The embedded default: a SQLite file under the working directory, no configuration needed.
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.orchestration/orchestration.db"
 
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*(@)")
+
 
 class DatabaseSettings(BaseSettings):
     """Where the orchestration database lives and how the connection pool behaves.
 
     Production sets ``ORCH_DB_URL=postgresql+asyncpg://user@host:5432/db``; the pool settings apply
     to both dialects (SQLite uses a small queue pool of file connections).
+
+    The URL may carry a password: ``repr``/``str`` show it as ``***``. It stays a ``str`` (not a
+    ``SecretStr``) because every caller hands it to SQLAlchemy as it is; the repr is where it
+    leaked (a settings object in a log line or a traceback's locals).
     """
 
     model_config = SettingsConfigDict(env_prefix="ORCH_DB_", extra="ignore", frozen=True)
@@ -30,3 +39,10 @@ class DatabaseSettings(BaseSettings):
     sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
     #: Run the migrations to head when connecting (the CLI's ``db upgrade`` runs them explicitly).
     migrate_on_connect: bool = True
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name == "url" and isinstance(value, str):
+                yield name, _URL_PASSWORD.sub(r"\1***\2", value)
+            else:
+                yield name, value
