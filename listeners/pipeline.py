@@ -4,7 +4,10 @@ The message-source port: a transport (``servicebus``, ``local``) turns what it r
 ``IncomingMessage``, hands it to ``Ingress.process`` and settles the message as the returned
 ``Disposition`` says. Everything after the transport is this one code path:
 
-- a message that can never succeed -> ``DEAD_LETTER`` at once, with reason and description;
+- a message that can never succeed -> ``DEAD_LETTER`` at once, with reason and description: a
+  poison message, an event whose values the database can never store (``EventNotStorable``; the
+  rest of its batch is recorded without it), an event id reused with other content
+  (``EventIdConflict``);
 - recorded and routed (started, resumed, busy or deferred to the outbox) -> ``COMPLETE``;
 - the device holds too many events -> ``DEAD_LETTER`` with a recoverable reason (resubmit later);
 - anything else went wrong (database down, a bug) -> ``ABANDON``: the broker redelivers, and after
@@ -14,21 +17,26 @@ One log line per message: device, message id, event id, action.
 
 ``process_many`` is the same for a batch: the valid messages are recorded in one transaction and
 routed together (``Router.handle_many``); if that fails, every one of them is abandoned (nothing of
-the batch was committed), while poison messages are still dead-lettered one by one.
+the batch was committed), while poison messages are still dead-lettered one by one. A duplicate is
+completed (acknowledged) and routed nowhere new (see ``listeners.router``).
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from listeners.events import IncomingEvent, IncomingMessage, PoisonMessageError, parse_event
 from listeners.router import RecordStatus, RouteAction, RouteResult
+from store.errors import EventRefusedError
 
 __all__ = [
+    "CONFLICT_REASON",
+    "NOT_STORABLE_REASON",
     "OVERFLOW_REASON",
     "REJECTED_REASON",
     "Disposition",
@@ -44,6 +52,10 @@ log = logging.getLogger("listeners.ingress")
 OVERFLOW_REASON = "DeviceEventOverflow"
 #: The workflow's definition is missing or invalid: the event is recorded, no run was started.
 REJECTED_REASON = "WorkflowDefinitionInvalid"
+#: The database can never store a value of the event (NUL, lone surrogate, NaN, ...): final.
+NOT_STORABLE_REASON = "EventNotStorable"
+#: The event id is stored for the device with other content (a producer reused it): final.
+CONFLICT_REASON = "EventIdConflict"
 
 
 class Disposition(enum.StrEnum):
@@ -77,9 +89,17 @@ class MessageProcessor(Protocol):
 class Ingress:
     """Parse, record and route one message; say how the transport must settle it."""
 
-    def __init__(self, router: EventHandler, *, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        router: EventHandler,
+        *,
+        max_message_bytes: int,
+        parse: Callable[[IncomingMessage], IncomingEvent] | None = None,
+    ) -> None:
         self._router = router
         self._max_bytes = max_message_bytes
+        # ``parse`` replaces ``parse_event`` (tests reach the store with what it would refuse).
+        self._parse = parse or functools.partial(parse_event, max_bytes=max_message_bytes)
 
     async def process(self, message: IncomingMessage) -> Outcome:
         return (await self.process_many([message]))[0]
@@ -91,7 +111,7 @@ class Ingress:
         positions: list[int] = []
         for position, message in enumerate(messages):
             try:
-                events.append(parse_event(message, max_bytes=self._max_bytes))
+                events.append(self._parse(message))
             except PoisonMessageError as exc:
                 log.warning(
                     "device=%s message=%s action=dead-letter reason=%s: %s",
@@ -106,11 +126,38 @@ class Ingress:
                 continue
             positions.append(position)
         if events:
+            await self._record_and_route(
+                messages, list(zip(positions, events, strict=True)), outcomes
+            )
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    async def _record_and_route(
+        self,
+        messages: Sequence[IncomingMessage],
+        pending: list[tuple[int, IncomingEvent]],
+        outcomes: list[Outcome | None],
+    ) -> None:
+        """Record and route ``pending`` (positions in ``messages`` with their events) as one batch
+        and fill in their outcomes. Events the store refuses for good are dead-lettered and the
+        rest go on without them; when the database did not say which event it refused, each is
+        tried alone (nothing of a refused batch was written, so trying again doubles nothing)."""
+        while pending:
             try:
-                results = await self._router.handle_many(events)
+                results = await self._router.handle_many([event for _, event in pending])
+            except EventRefusedError as exc:
+                refused = exc.refused or ({0: exc.description} if len(pending) == 1 else {})
+                if not refused:
+                    for alone in pending:
+                        await self._record_and_route(messages, [alone], outcomes)
+                    return
+                for index, description in refused.items():
+                    position, event = pending[index]
+                    outcomes[position] = self._not_storable(messages[position], event, description)
+                pending = [item for index, item in enumerate(pending) if index not in refused]
+                continue
             except Exception as exc:
                 # Transient until proven otherwise: the broker's delivery count bounds the retries.
-                for position, event in zip(positions, events, strict=True):
+                for position, event in pending:
                     log.exception(
                         "device=%s message=%s event=%s action=abandon: %s",
                         event.device_id,
@@ -121,10 +168,23 @@ class Ingress:
                     outcomes[position] = Outcome(
                         Disposition.ABANDON, reason="TransientFailure", description=repr(exc)
                     )
-            else:
-                for position, event, result in zip(positions, events, results, strict=True):
-                    outcomes[position] = self._settle(messages[position], event, result)
-        return [outcome for outcome in outcomes if outcome is not None]
+                return
+            for (position, event), result in zip(pending, results, strict=True):
+                outcomes[position] = self._settle(messages[position], event, result)
+            return
+
+    @staticmethod
+    def _not_storable(message: IncomingMessage, event: IncomingEvent, description: str) -> Outcome:
+        """A value the database can never store: final, like a schema violation."""
+        log.warning(
+            "device=%r message=%s event=%r action=dead-letter reason=%s: %s",
+            event.device_id,
+            message.message_id or "-",
+            event.event_id,
+            NOT_STORABLE_REASON,
+            description,
+        )
+        return Outcome(Disposition.DEAD_LETTER, None, NOT_STORABLE_REASON, description)
 
     @staticmethod
     def _settle(message: IncomingMessage, event: IncomingEvent, result: RouteResult) -> Outcome:
@@ -135,6 +195,19 @@ class Ingress:
                 "%s event=%s action=dead-letter reason=%s", where, event.event_id, OVERFLOW_REASON
             )
             return Outcome(Disposition.DEAD_LETTER, result, OVERFLOW_REASON, description)
+        if result.recorded is RecordStatus.CONFLICT:
+            description = (
+                f"event id {event.event_id!r} of device {event.device_id} is stored with other "
+                "content (another name or payload); the first copy is kept"
+            )
+            log.warning(
+                "%s event=%s action=dead-letter reason=%s: %s",
+                where,
+                event.event_id,
+                CONFLICT_REASON,
+                description,
+            )
+            return Outcome(Disposition.DEAD_LETTER, result, CONFLICT_REASON, description)
         if result.action is RouteAction.REJECTED:
             # Final: the workflow's definition is missing or invalid (the router logged it).
             log.warning(
