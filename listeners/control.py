@@ -38,6 +38,9 @@ __all__ = [
 
 T = TypeVar("T")
 
+#: Prefect's REJECT reason for a run that is suspending and has not saved its input schema yet.
+SCHEMA_NOT_SAVED = "Run input schema not found."
+
 #: Prefect state types after which a run never runs again.
 TERMINAL_STATE_TYPES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
 
@@ -57,7 +60,9 @@ class RunNotFoundError(ControlError):
 class ResumeStatus(enum.StrEnum):
     ACCEPTED = "accepted"  # the run is resuming with our input
     REJECTED = "rejected"  # the input failed the run's schema; the run stays paused
-    NOT_PAUSED = "not_paused"  # nothing to resume (already resumed, still running, or finished)
+    # Nothing to resume now: not suspended yet (or suspending: its input schema is not saved
+    # yet), already resumed, or finished. ``ResumeOutcome.reason`` says which, as Prefect did.
+    NOT_PAUSED = "not_paused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +220,10 @@ class PrefectRunControl:
         # The HTTP code says nothing here: ACCEPT, REJECT and ABORT all come back as success.
         if result.status == SetStateStatus.ACCEPT:
             return ResumeOutcome(ResumeStatus.ACCEPTED)
+        if result.status == SetStateStatus.REJECT and reason == SCHEMA_NOT_SAVED:
+            # A run suspends in two requests (Suspended, then its input schema): between them it
+            # is paused but cannot take input yet. Not a refusal of the input: try again.
+            return ResumeOutcome(ResumeStatus.NOT_PAUSED, f"still suspending ({reason})")
         if result.status == SetStateStatus.REJECT:
             return ResumeOutcome(ResumeStatus.REJECTED, reason)
         return ResumeOutcome(ResumeStatus.NOT_PAUSED, reason or str(result.status))

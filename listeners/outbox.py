@@ -5,8 +5,11 @@ Two duties, one loop (``Reconciler.run``), each pass bounded:
 1. The route outbox. A start claimed by the router but not confirmed by Prefect (Prefect down, the
    process died between claim and create) is created again with the same idempotency key, so it
    happens exactly once; a resume that found Prefect down, or a run that had registered its wait but
-   not yet suspended, is tried again while the run still waits for that event and the event is
-   still unclaimed. Failures back off exponentially per item; nothing is dropped.
+   not yet suspended (answered ``ABORT``, or ``REJECT`` "Run input schema not found" while it is
+   between proposing ``Suspended`` and saving its input schema), is tried again while the run
+   still waits for that event and the event is still unclaimed. It ends when the run takes it,
+   or when the run has ended (done, with the reason kept in the entry). Failures back off
+   exponentially per item; nothing is dropped.
 2. The sweep. Runs the ledger believes active are checked against Prefect in one request per batch,
    a batch per pass, each pass going on where the last stopped (a cursor that wraps around);
    finished ones (completed, failed, crashed, cancelled) are marked finished, so the device's next
@@ -27,7 +30,7 @@ from listeners.router import EventLog, Router, RunLedger
 from store.runs import OutboxEntry
 from store.waits import Wait
 
-__all__ = ["ReconcileReport", "Reconciler", "WaitIndex"]
+__all__ = ["ReconcileReport", "Reconciler", "RunNotReadyError", "WaitIndex"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,11 @@ class ReconcileReport:
     @property
     def progressed(self) -> int:
         return self.started + self.resumed + self.dropped + self.finished_runs
+
+
+class RunNotReadyError(ControlError):
+    """The run cannot take the resume yet (not suspended, still suspending, or it refused the
+    input while it still waits): the entry stays and is tried again with backoff."""
 
 
 def backoff(attempts: int) -> timedelta:
@@ -107,17 +115,19 @@ class Reconciler:
                 if isinstance(exc, ControlUnavailableError):
                     unavailable = exc
                 report.retrying += 1
-                log.warning(
-                    "outbox %s device=%s event=%s attempt %d failed: %s",
+                retry_in = backoff(item.attempts)
+                log.log(
+                    # A run that has not suspended yet is the expected race, not a failure.
+                    logging.INFO if isinstance(exc, RunNotReadyError) else logging.WARNING,
+                    "outbox %s device=%s event=%s attempt %d: %s; next in %.1fs",
                     item.action,
                     item.device_id,
                     item.event_id,
                     item.attempts + 1,
                     exc,
+                    retry_in.total_seconds(),
                 )
-                await self._ledger.mark_failed(
-                    item.id, str(exc), retry_at=now + backoff(item.attempts)
-                )
+                await self._ledger.mark_failed(item.id, str(exc), retry_at=now + retry_in)
         if unavailable is not None:
             return report
         try:
@@ -146,18 +156,35 @@ class Reconciler:
             report.dropped += 1
             await self._ledger.mark_done(item.id)
             return
-        status = await self._router.execute_resume(request, probe=True)
-        if status is ResumeStatus.NOT_PAUSED:
-            raise ControlError("the run is not paused yet")
-        log.info(
-            "outbox resume device=%s event=%s run=%s: %s",
-            item.device_id,
-            item.event_id,
-            run_id,
-            status.value,
+        outcome = await self._router.execute_resume(request, probe=True)
+        if outcome.status is ResumeStatus.ACCEPTED:
+            log.info(
+                "outbox resume device=%s event=%s run=%s", item.device_id, item.event_id, run_id
+            )
+            report.resumed += 1
+            await self._ledger.mark_done(item.id)
+            return
+        # Not taken: the run is not suspended yet, is suspending (its input schema not saved
+        # yet), refused the input, or has ended. Only the last makes the resume pointless.
+        status = await self._control.status(run_id)
+        if status is None or status.finished:
+            why = (
+                f"run {status.state_type} ({status.state_name})" if status else "run unknown"
+            ) + f": {outcome.status.value}: {outcome.reason}"
+            log.info(
+                "outbox resume device=%s event=%s run=%s no longer needed: %s",
+                item.device_id,
+                item.event_id,
+                run_id,
+                why,
+            )
+            report.dropped += 1
+            await self._ledger.mark_done(item.id, note=why)
+            return
+        raise RunNotReadyError(
+            f"{outcome.status.value} while {status.state_type} ({status.state_name}): "
+            f"{outcome.reason}"
         )
-        report.resumed += status is ResumeStatus.ACCEPTED
-        await self._ledger.mark_done(item.id)
 
     async def _sweep(self, report: ReconcileReport) -> None:
         page = await self._ledger.active(self._batch, self._sweep_after)

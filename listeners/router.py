@@ -6,10 +6,6 @@
 - the device's run waits for an event of this name -> resume it (the run claims the event itself);
 - the device's run is busy -> nothing more: the event waits in the store until a run asks for it.
 
-A duplicate (a redelivery of an event stored before) is acknowledged and routed nowhere, unless
-its own first delivery was cut off before its start was made (``_may_route_duplicate``); an event
-id stored with other content (``conflict``) or refused for the device's limit is routed nowhere.
-
 Where the truth lives: the ``device_runs`` row of our database. A start is a compare-and-set on
 that row (``claim_start`` succeeds for one caller only, and writes its outbox row in the same
 transaction), and the Prefect run is created with an idempotency key derived from the device and
@@ -34,7 +30,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from listeners.control import ControlError, ControlUnavailableError, ResumeStatus, RunControl
+from listeners.control import (
+    ControlError,
+    ControlUnavailableError,
+    ResumeOutcome,
+    ResumeStatus,
+    RunControl,
+)
 from listeners.events import IncomingEvent
 from store.runs import DeviceRun, OutboxEntry, RunSnapshot
 
@@ -55,8 +57,7 @@ log = logging.getLogger(__name__)
 
 class RecordStatus(enum.StrEnum):
     RECORDED = "recorded"  # stored now
-    DUPLICATE = "duplicate"  # stored before (a redelivery): acknowledged, starts nothing new
-    CONFLICT = "conflict"  # the id is stored with other content; not stored
+    DUPLICATE = "duplicate"  # stored before (a redelivery); routed again, which is harmless
     OVERFLOW = "overflow"  # the device holds too many events; not stored
 
 
@@ -67,7 +68,6 @@ class RouteAction(enum.StrEnum):
     DEFERRED = "deferred"  # Prefect could not be reached; the outbox will finish the job
     REFUSED = "refused"  # the event was not stored (overflow), so nothing was routed
     REJECTED = "rejected"  # the workflow's definition is missing or invalid: nothing was started
-    IGNORED = "ignored"  # a duplicate: its first delivery was routed already; nothing to do
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +150,7 @@ class RunLedger(Protocol):
 
     async def outstanding(self, device_id: str | None = None) -> list[OutboxEntry]: ...
 
-    async def mark_done(self, entry_id: int) -> None: ...
+    async def mark_done(self, entry_id: int, *, note: str | None = None) -> None: ...
 
     async def mark_failed(
         self, entry_id: int, error: str, *, retry_at: datetime | None = None
@@ -169,16 +169,6 @@ def _started_something(result: RouteResult) -> bool:
     return result.action in (RouteAction.STARTED, RouteAction.DEFERRED) or (
         result.detail == "lost the start"
     )
-
-
-def _may_route_duplicate(current: DeviceRun | None, run_key: str) -> bool:
-    """Whether a duplicate may still be routed: only to finish what its own first delivery began
-    and a crash cut off. With no run for the device at all, the first delivery never reached its
-    start (recorded, then killed). With its own run key on the device's run, the first delivery
-    claimed the start; creating again is idempotent and ends at that same run. Anything else (a
-    run started by another event, running or finished) means routing again could only start a
-    second run or resume one with an event it consumed already."""
-    return current is None or current.run_key == run_key
 
 
 def run_key_for(event: IncomingEvent) -> str:
@@ -273,17 +263,10 @@ class Router:
     ) -> RouteResult:
         if recorded is RecordStatus.OVERFLOW:
             return self._result(event, recorded, RouteAction.REFUSED, detail="device event limit")
-        if recorded is RecordStatus.CONFLICT:
-            detail = "the event id is stored with other content"
-            return self._result(event, recorded, RouteAction.REFUSED, detail=detail)
         # The snapshot was read after the record, under the device's lock, which a run's wait
         # registration also takes: either the run finds the event when it claims (it claims
         # after registering), or the snapshot shows its wait.
         run_key = run_key_for(event)
-        if recorded is RecordStatus.DUPLICATE and not _may_route_duplicate(current, run_key):
-            # Its first delivery was routed (or met a run that took it in): starting or resuming
-            # now would give a finished run's event to a new run, which waits for it in vain.
-            return self._result(event, recorded, RouteAction.IGNORED, detail="duplicate")
         if current is not None and current.finished and current.run_key == run_key:
             # A late redelivery of the event that started the device's last run: done already.
             return self._result(event, recorded, RouteAction.STARTED, current.run_id, "already")
@@ -431,24 +414,24 @@ class Router:
             "runInput": resume_input(event.event_id, event.received_at),
         }
         try:
-            status = await self.execute_resume(request)
+            outcome = await self.execute_resume(request)
         except ControlError as exc:
             await self._ledger.enqueue(
                 event.device_id, event.event_id, "resume", request, error=str(exc)
             )
             return self._result(event, recorded, RouteAction.DEFERRED, run_id, str(exc))
-        if status is ResumeStatus.ACCEPTED:
+        if outcome.status is ResumeStatus.ACCEPTED:
             return self._result(event, recorded, RouteAction.RESUMED, run_id)
-        if status is ResumeStatus.NOT_PAUSED:
-            # The run registered its wait but has not suspended yet (or another event resumed
-            # it). The reconciler tries again while the wait is open and the event unclaimed.
-            await self._ledger.enqueue(
-                event.device_id, event.event_id, "resume", request, error="run not paused yet"
-            )
-            return self._result(event, recorded, RouteAction.DEFERRED, run_id, "not paused yet")
-        return self._result(event, recorded, RouteAction.BUSY, run_id, "resume rejected")
+        # Not resumable yet: the run registered its wait but has not (fully) suspended, or it
+        # refused the input. The reconciler tries again, with backoff, while the wait is open
+        # and the event unclaimed, until the run takes it or has ended.
+        detail = f"{outcome.status.value}: {outcome.reason}" if outcome.reason else "not paused"
+        await self._ledger.enqueue(event.device_id, event.event_id, "resume", request, error=detail)
+        return self._result(event, recorded, RouteAction.DEFERRED, run_id, detail)
 
-    async def execute_resume(self, request: dict[str, Any], *, probe: bool = False) -> ResumeStatus:
+    async def execute_resume(
+        self, request: dict[str, Any], *, probe: bool = False
+    ) -> ResumeOutcome:
         """Resume the run with the request's input; raises ``ControlError``."""
         if not probe:
             self._check_circuit()
@@ -462,7 +445,7 @@ class Router:
             self.close_circuit()
         if outcome.status is ResumeStatus.REJECTED:
             log.error("run %s rejected the resume input: %s", request["runId"], outcome.reason)
-        return outcome.status
+        return outcome
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -23,9 +23,10 @@ creating the Prefect run), ``running`` (bound to a Prefect flow run id) or ``fin
 right now: the router enqueues (idempotent on ``(device_id, event_id, action)``), a reconciler
 leases ``due(now, limit)`` (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several reconcilers do not
 all retry one entry at once), performs each (idempotent: ``claim_start`` and ``WaitStore.resolve``
-make a repeat harmless) and calls ``mark_done`` or ``mark_failed`` (which counts the attempt, keeps
-the error and schedules the next attempt). ``pending`` lists due entries without leasing them,
-``outstanding`` every entry not done yet.
+make a repeat harmless) and calls ``mark_done`` (with a note when it ended without being
+performed) or ``mark_failed`` (which counts the attempt, keeps the error and schedules the next
+attempt). ``pending`` lists due entries without leasing them, ``outstanding`` every entry not done
+yet, ``entry`` one entry by id.
 """
 
 from __future__ import annotations
@@ -319,12 +320,21 @@ class DeviceRunStore:
                 )
         return [_entry(row) for row in rows]
 
-    async def mark_done(self, entry_id: int) -> None:
-        """The entry was performed."""
+    async def mark_done(self, entry_id: int, *, note: str | None = None) -> None:
+        """The entry was performed, or is no longer needed: ``note`` says why (kept in
+        ``last_error``, so an operator reading the outbox sees what ended it)."""
+        values: dict[str, Any] = {"status": "done", "updated_at": utc_now()}
+        if note is not None:
+            values["last_error"] = note[:2000]
         async with self._db.transaction() as connection:
-            await connection.execute(
-                update(_O).where(_O.c.id == entry_id).values(status="done", updated_at=utc_now())
-            )
+            await connection.execute(update(_O).where(_O.c.id == entry_id).values(**values))
+
+    async def entry(self, entry_id: int) -> OutboxEntry | None:
+        """One outbox entry, done or not (None for an unknown id)."""
+        async with self._db.transaction(readonly=True) as connection:
+            row = (await connection.execute(select(_O).where(_O.c.id == entry_id))).mappings()
+            found = row.first()
+        return None if found is None else _entry(found)
 
     async def mark_failed(
         self, entry_id: int, error: str, *, retry_at: datetime | None = None

@@ -154,3 +154,13 @@ async def test_active_pages_after_a_cursor(database: Database) -> None:
     (third,) = await store.active(1, (second.updated_at, second.device_id))
     assert [first.device_id, second.device_id, third.device_id] == ["a", "b", "c"]
     assert await store.active(1, (third.updated_at, third.device_id)) == []
+
+
+async def test_an_entry_that_ended_without_being_performed_keeps_why(database: Database) -> None:
+    store = DeviceRunStore(database)
+    entry_id = await store.enqueue("dev", "e1", "resume", {"runId": "r"}, error="not paused yet")
+    await store.mark_done(entry_id, note="run CANCELLED (Cancelled): not_paused")
+    entry = await store.entry(entry_id)
+    assert entry is not None
+    assert (entry.status, entry.last_error) == ("done", "run CANCELLED (Cancelled): not_paused")
+    assert await store.entry(entry_id + 1000) is None
