@@ -9,9 +9,16 @@ router's resume is answered ``ABORT``; the next tick here delivers it.
 
 A resume answer is checked by its ``status`` (not the HTTP code): ``ACCEPT`` resolves the wait;
 ``ABORT`` (the run is not paused) resolves it only when the run is gone or finished, else the wait
-is tried again next tick (the run has not suspended yet); ``REJECT`` (input refused) is logged and
-tried again. It runs inside the executor, or alone (``Resumer().run()``), or as a scheduled flow
-(``resume_due_runs``): every path is idempotent, so several resumers may run at once.
+is tried again next tick (the run has not suspended yet); ``REJECT`` (input refused, or the run is
+still saving its input schema) is tried again.
+
+There is one resumer: the loop ``orchestration worker`` runs (``Executor`` starts ``Resumer.run``).
+It needs no lease from the Prefect server (a scheduled, concurrency-limited deployment did, and a
+server restart once left its slot taken for good): its state is the wait store, every step is
+idempotent, and several workers may each run one. A resume another resumer won (HTTP 409, or
+``ABORT`` because the run left Paused) is expected and logged at debug. It says one INFO line per
+run it resumes and nothing when idle; Prefect unreachable is one WARNING when it starts and one
+INFO when it ends, and every call to Prefect has a deadline so a tick never hangs on it.
 """
 
 from __future__ import annotations
@@ -19,12 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
-from prefect import flow
+import httpx
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.responses import SetStateStatus
@@ -32,9 +40,18 @@ from prefect.exceptions import ObjectNotFound
 
 from flows.runtime import get_resources
 
-__all__ = ["Resumer", "ResumerStats", "resume_due_runs"]
+__all__ = ["PrefectUnreachableError", "Resumer", "ResumerStats"]
 
 logger = logging.getLogger("flows.timers")
+
+T = TypeVar("T")
+
+#: Prefect's REJECT reason while a run is suspending and has not saved its input schema yet.
+SCHEMA_NOT_SAVED = "Run input schema not found."
+
+
+class PrefectUnreachableError(Exception):
+    """Prefect did not answer (refused, timed out, 5xx): the tick ends, the next one retries."""
 
 
 @dataclass
@@ -44,6 +61,10 @@ class ResumerStats:
     not_yet_paused: int = 0
     gone: int = 0
     rejected: int = 0
+    #: Resumes another resumer won (HTTP 409): expected with several workers.
+    conflicts: int = 0
+    #: Ticks that ended because Prefect was unreachable.
+    unreachable: int = 0
 
 
 @dataclass
@@ -52,38 +73,71 @@ class Resumer:
 
     tick_seconds: float = 1.0
     batch: int = 200
+    #: Deadline of one call to Prefect (the client's own retries of a refused connection would
+    #: otherwise hold a tick for a minute while the server is down).
+    call_timeout: float = 10.0
     stats: ResumerStats = field(default_factory=ResumerStats)
+    _outage: bool = False
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
         while not stop.is_set():
             try:
                 await self.tick()
+            except PrefectUnreachableError as exc:
+                self.stats.unreachable += 1
+                if not self._outage:
+                    logger.warning("resumer: %s; trying again every %gs", exc, self.tick_seconds)
+                self._outage = True
             except Exception:
                 logger.exception("resumer tick failed; trying again")
+            else:
+                if self._outage:
+                    logger.info("resumer: Prefect answers again")
+                self._outage = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.tick_seconds)
 
     async def tick(self, now: datetime | None = None) -> int:
-        """One pass; returns how many runs were resumed."""
+        """One pass; returns how many runs were resumed. Raises ``PrefectUnreachableError``."""
         resources = await get_resources()
         moment = now or datetime.now(UTC)
+        due = await resources.waits.due(moment, limit=self.batch)
+        # Waits whose event is already in the store (it arrived before the run paused).
+        ready = await resources.waits.event_ready(limit=self.batch)
+        if not due and not ready:
+            return 0  # idle: no client, no request, no log line
         resumed = 0
         async with get_client() as client:
-            for wait in await resources.waits.due(moment, limit=self.batch):
-                if await self._resume(client, wait, "timer", moment):
-                    resumed += 1
-            # Waits whose event is already in the store (it arrived before the run paused).
-            for wait in await resources.waits.event_ready(limit=self.batch):
-                if await self._resume(client, wait, "event", moment):
-                    resumed += 1
+            for wait in due:
+                resumed += await self._resume(client, wait, "timer", moment)
+            for wait in ready:
+                resumed += await self._resume(client, wait, "event", moment)
         return resumed
+
+    async def _call(self, call: Awaitable[T]) -> T:
+        """Await a Prefect call under the deadline; an unreachable Prefect is one error type."""
+        try:
+            async with asyncio.timeout(self.call_timeout):
+                return await call
+        except TimeoutError as exc:
+            raise PrefectUnreachableError(
+                f"Prefect did not answer within {self.call_timeout:g}s"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise PrefectUnreachableError(f"Prefect unreachable ({exc!r})") from exc
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code >= 500:
+                raise PrefectUnreachableError(
+                    f"Prefect answered {exc.response.status_code}"
+                ) from exc
+            raise
 
     async def _resume(self, client: PrefectClient, wait: Any, kind: str, now: datetime) -> bool:
         resources = await get_resources()
         run_id = UUID(str(wait.run_id))
         try:
-            current = await client.read_flow_run(run_id)
+            current = await self._call(client.read_flow_run(run_id))
         except ObjectNotFound:
             await resources.waits.resolve(str(run_id), wait.wait_key, "gone")
             self.stats.gone += 1
@@ -100,12 +154,19 @@ class Resumer:
             # Suspended at another wait (another branch): a resume now would wake that one.
             return False
         try:
-            response = await client.resume_flow_run(
-                run_id, run_input={"kind": kind, "at": now.isoformat()}
+            response = await self._call(
+                client.resume_flow_run(run_id, run_input={"kind": kind, "at": now.isoformat()})
             )
         except ObjectNotFound:
             await resources.waits.resolve(str(run_id), wait.wait_key, "gone")
             self.stats.gone += 1
+            return False
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != 409:
+                raise
+            # Another resumer's input was stored first (its resume won): nothing to do here.
+            self.stats.conflicts += 1
+            logger.debug("run %s was resumed by another resumer (409)", run_id)
             return False
         if response.status == SetStateStatus.ACCEPT:
             await resources.waits.resolve(str(run_id), wait.wait_key, kind)
@@ -113,17 +174,18 @@ class Resumer:
                 self.stats.resumed_timer += 1
             else:
                 self.stats.resumed_event += 1
+            logger.info("resumed run %s at wait %s (%s)", run_id, wait.wait_key, kind)
             return True
+        reason = getattr(response.details, "reason", "")
         if response.status == SetStateStatus.REJECT:
+            # A run between proposing Suspended and saving its input schema refuses any input
+            # for a moment (expected); any other refusal is worth a warning. Next tick again.
             self.stats.rejected += 1
-            logger.warning("resume of %s refused: %s", run_id, response.details)
+            level = logging.DEBUG if reason == SCHEMA_NOT_SAVED else logging.WARNING
+            logger.log(level, "resume of run %s refused: %s", run_id, reason)
             return False
-        # ABORT: the run stopped being paused between our read and the resume; next tick.
+        # ABORT: the run stopped being paused between our read and the resume (another resumer
+        # or the router woke it); next tick looks again.
         self.stats.not_yet_paused += 1
+        logger.debug("resume of run %s aborted: %s", run_id, reason)
         return False
-
-
-@flow(name="resume-due-runs", persist_result=False)
-async def resume_due_runs() -> int:
-    """One resumer pass as a flow, for a Prefect schedule (every minute, say) as a safety net."""
-    return await Resumer().tick()

@@ -102,8 +102,8 @@ async def test_deploy_all_then_a_worker_runs_a_workflow_to_completion(
         deployment = await client.read_deployment_by_name("run-workflow/device-workflow")
         assert deployment.work_pool_name == POOL
         assert deployment.entrypoint == "flows/workflow.py:run_workflow"
-        timers = await client.read_deployment_by_name("resume-due-runs/resume-due-runs")
-        assert timers.schedules and timers.schedules[0].active
+        # The resumer is the worker's loop, not a scheduled deployment (flows/timers.py).
+        assert not [d for d in declared if d["entrypoint"].startswith("flows/timers.py")]
 
         log_path = checkout.parent / "worker.log"
         worker = _start_worker(log_path, checkout.parent, env)
