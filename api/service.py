@@ -14,9 +14,12 @@ import re
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from fastapi.exceptions import RequestValidationError
+
 from api.definitions import DefinitionPinner
 from api.models import EventAccepted, StartWorkflowRequest, TrailStep, WorkflowStatus
-from listeners.control import ControlError, PrefectRunControl
+from flows.definitions import RunInputError
+from listeners.control import PrefectRunControl, RunNotFoundError
 from operations.observability import log_context, metrics
 
 if TYPE_CHECKING:
@@ -31,6 +34,27 @@ INSTANCE_TAG = "instance:"
 # The flow logs each trail entry as "<path> [<type> #<visit>] <outcome>" (flows.driver).
 TRAIL_LINE = re.compile(r"^(?P<state>.+?) \[(?P<type>[a-z]+) #(?P<visit>\d+)\] (?P<outcome>.*)$")
 MAX_TRAIL_LOGS = 200
+RECORD_UNAVAILABLE = "the event could not be recorded now; try again later"
+
+
+def input_refused(exc: RunInputError) -> RequestValidationError:
+    """A 422 in FastAPI's own shape: each problem's ``loc`` names the member of the input (or the
+    workflow, when its input schema is broken) and its ``msg`` the JSON pointer."""
+    errors = []
+    for problem in exc.problems:
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in problem.pointer.split("/")[1:]]
+        in_input = problem.code == "invalid-run-input"
+        where = ("input", *parts) if in_input else ("workflowType",)
+        what = "input" if in_input else "the definition's input schema at"
+        errors.append(
+            {
+                "type": problem.code,
+                "loc": ("body", *where),
+                "msg": f"{what} {problem.pointer or '/'}: {problem.message}",
+                "input": None,
+            }
+        )
+    return RequestValidationError(errors)
 
 
 class NotFoundError(Exception):
@@ -64,7 +88,12 @@ class WorkflowService:
 
         Starting an instance id again returns its run as it was created: Prefect keeps the first
         run's parameters, hash included, whatever the definition has become since."""
-        digest = await self._definitions.pin(request.workflow_type, request.version)
+        try:
+            digest = await self._definitions.pin(
+                request.workflow_type, request.version, run_input=request.input
+            )
+        except RunInputError as exc:
+            raise input_refused(exc) from exc
         instance = request.instance_id
         key = f"api:{instance}" if instance else f"api:{uuid.uuid4()}"
         tags = [f"workflow:{request.workflow_type}", "api"]
@@ -138,13 +167,13 @@ class WorkflowService:
             return runs[0]
         try:
             run: FlowRun = await self._control._call(client.read_flow_run(run_id))
-        except ControlError as exc:
+        except RunNotFoundError as exc:  # Prefect unreachable is a 503, not "no such run"
             raise NotFoundError(f"no workflow with id {workflow_id!r}") from exc
         return run
 
     async def status(self, workflow_id: str) -> WorkflowStatus:
         run = await self.find(workflow_id)
-        trail, complete = await self._trail(run)
+        trail, complete, output = await self._trail(run)
         instance = next(
             (t[len(INSTANCE_TAG) :] for t in run.tags if t.startswith(INSTANCE_TAG)), None
         )
@@ -163,9 +192,11 @@ class WorkflowService:
             state_name=(state.name or "") if state else "Scheduled",
             created_at=run.created,
             last_updated_at=updated,
+            state_message=(state.message or None) if state else None,
             current_state=trail[-1].state if trail else None,
             trail=trail,
             trail_complete=complete,
+            output=output,
         )
 
     async def terminate(self, workflow_id: str) -> WorkflowStatus:
@@ -187,8 +218,12 @@ class WorkflowService:
         await self._control._call(self._control.client.set_flow_run_state(run.id, new, force=True))
         return await self.status(str(run.id))
 
-    async def _trail(self, run: FlowRun) -> tuple[list[TrailStep], bool]:
-        """The published trail when the run has ended, else what its logs show so far."""
+    async def _trail(self, run: FlowRun) -> tuple[list[TrailStep], bool, Any]:
+        """The run's trail, whether it is final, and its output (``flows.trail``'s artifacts).
+
+        The final trail once the run has ended; else the latest trail so far a suspended run
+        published (its last row the wait it is in); else what the run's logs show so far.
+        """
         from prefect.client.schemas.filters import (
             ArtifactFilter,
             ArtifactFilterType,
@@ -199,17 +234,35 @@ class WorkflowService:
         )
         from prefect.client.schemas.sorting import LogSort
 
+        from flows.trail import OUTPUT_DESCRIPTION, TRAIL_DESCRIPTION, read_output
+
         client = self._control.client
         artifacts = await self._control._call(
             client.read_artifacts(
-                artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["table"])),
+                artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["table", "markdown"])),
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])),
             )
         )
+        output: Any = None
         for artifact in artifacts:
+            if artifact.type == "markdown" and (artifact.description or "").startswith(
+                OUTPUT_DESCRIPTION
+            ):
+                _found, output = read_output(artifact.data)
+        # The final trail first; else the newest trail so far.
+        tables = sorted(
+            (a for a in artifacts if a.type == "table"),
+            key=lambda a: (
+                (a.description or "").startswith(TRAIL_DESCRIPTION),
+                a.created.timestamp() if a.created else 0.0,
+            ),
+            reverse=True,
+        )
+        for artifact in tables:
             rows = _table_rows(artifact.data)
             if rows is not None:
-                return [TrailStep.model_validate(row) for row in rows], True
+                final = (artifact.description or "").startswith(TRAIL_DESCRIPTION)
+                return [TrailStep.model_validate(row) for row in rows], final, output
         logs = await self._control._call(
             client.read_logs(
                 log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
@@ -231,7 +284,7 @@ class WorkflowService:
             )
             # A resumed run replays its cached steps and logs them again: keep the first.
             steps.setdefault((step.state, step.visit), step)
-        return list(steps.values()), False
+        return list(steps.values()), False, output
 
     # -- events ------------------------------------------------------------------------------
 
@@ -292,7 +345,8 @@ class WorkflowService:
             return accepted, 202
         if outcome.disposition is Disposition.DEAD_LETTER:
             return accepted, 429 if outcome.reason == OVERFLOW_REASON else 422
-        return accepted, 503
+        # Transient: the cause (a driver's error text) is in the pipeline's log, not the answer.
+        return accepted.model_copy(update={"detail": RECORD_UNAVAILABLE}), 503
 
     async def prefect_healthy(self) -> bool:
         return await self._control.client.api_healthcheck() is None

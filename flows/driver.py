@@ -1,16 +1,19 @@
 """Drives the pure engine inside a Prefect flow run: actions in, tasks and waits, outcomes out.
 
 ``RunDriver.drive(engine, run, system)`` loops ``next_action`` -> execute -> ``apply`` until the
-engine says ``Finished``. Every clock reading and side effect happens in a cached task
-(``flows.steps``), so a replay from the top (after a suspend) returns the recorded outcomes and
-walks the same path with the same keys.
+engine says ``Finished``. Every clock reading and side effect is journalled (``flows.steps``):
+an activity's outcome by its task, an event claim or a short sleep by ``steps.once``, so a replay
+from the top (after a suspend) reads the recorded outcomes, walks the same path with the same
+keys and creates no task run for what it already did. The only task runs of a run are its
+activities (a final failure ends its task run Failed, with the error and cause).
 
 Waits: a timer due within ``short_wait_seconds`` sleeps in place; longer timers and every event
-wait record themselves in the wait store and suspend the run (no process is held). The resumer
-(``flows.timers``) or the event router resumes it with a ``WakeInput``; the replay reaches the same
-``suspend`` call, which returns that input at once. Branches (parallel, map) run as asyncio tasks
-in one ``TaskGroup``; when one branch suspends, the others are cancelled and the whole run
-suspends, and on resume every branch replays from its cache.
+wait record themselves in the wait store and suspend the run (no process is held), with a state
+message and a log line saying what they wait for and until when, and the trail so far published.
+The resumer (``flows.timers``) or the event router resumes it with a ``WakeInput``; the replay
+reaches the same ``suspend`` call, which returns that input at once. Branches (parallel, map) run
+as asyncio tasks in one ``TaskGroup``; when one branch suspends, the others are cancelled and the
+whole run suspends, and on resume every branch replays from the journal.
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ from typing import Any, TypeVar
 
 from prefect.client.schemas.objects import State
 from prefect.exceptions import Pause
-from prefect.flow_runs import asuspend_flow_run
 
-from flows import steps
+from flows import steps, trail
 from flows.runtime import FlowSettings
+from flows.suspension import suspend, waiting_message
 from flows.wake import WakeInput
 from interpreter.engine import Engine
 from interpreter.errors import OrchestrationError
@@ -66,11 +69,12 @@ COMPENSATION_POLICY = RetryPolicy(max_attempts=1)
 
 
 class TaskRunNotCompletedError(OrchestrationError):
-    """An activity's task run ended Failed or Crashed: the machinery broke, not the activity.
+    """An activity's task run ended without a journalled outcome: the machinery broke.
 
-    The wrapper returns an activity's final failure as data, so this is never a workflow
-    outcome; no result was recorded, so the run fails here rather than make one up with the
-    flow's clock (a replay could not reproduce it).
+    The task journals an activity's final failure before it ends Failed, so a Failed task run
+    with a journal entry is a workflow outcome, not this. Without one no outcome was recorded,
+    so the run fails here rather than make one up with the flow's clock (a replay could not
+    reproduce it).
     """
 
     def __init__(self, path: str, state_name: str, message: str) -> None:
@@ -205,6 +209,11 @@ class RunDriver:
         idempotency_key: str,
         label: str | None = None,
     ) -> dict[str, Any]:
+        key = steps.cache_key(self.run_id, "task", step_key)
+        found, journalled = await steps.recorded(key)
+        if found:  # a replay: no task run, and a failed step is never run again
+            outcome: dict[str, Any] = journalled
+            return outcome
         configured = steps.activity_task(policy=policy)
         task_state: State[Any] = await configured(
             activity,
@@ -215,13 +224,17 @@ class RunDriver:
             run_id=self.run_id,
             device_id=self.device_id,
             state=state,
-            step_cache_key=steps.cache_key(self.run_id, "task", step_key),
+            step_cache_key=key,
             label=label or steps.step_label(path, visit),
             return_state=True,
         )
         if task_state.is_completed():
             result: dict[str, Any] = await task_state.aresult()
             return result
+        found, journalled = await steps.recorded(key)
+        if found:  # the final failure: the task run ended Failed after journalling it
+            failure: dict[str, Any] = journalled
+            return failure
         raise TaskRunNotCompletedError(
             path, str(task_state.name or task_state.type.value), task_state.message or "no message"
         )
@@ -231,11 +244,15 @@ class RunDriver:
     async def _wait(self, action: WaitFor) -> Outcome:
         key = action.wait_key
         until = action.until
-        if action.event is None:
+        event = action.event
+        if event is None:
             if until is None:
                 raise ValueError(f"wait {action.path!r} has neither a timer nor an event")
-            short = await _keyed(steps.sleep_if_short, self.run_id, "sleep", key)(
-                until.isoformat(), self.settings.short_wait_seconds
+            due = until.isoformat()
+            short = await steps.once(
+                steps.cache_key(self.run_id, "sleep", key),
+                "sleep",
+                lambda: steps.sleep_if_short(due, self.settings.short_wait_seconds),
             )
             if short["slept"]:
                 return WaitElapsed(at=until)
@@ -243,16 +260,12 @@ class RunDriver:
             # Register first, then look in the store: an event recorded after the registration
             # is seen by the router (it finds the wait and resumes us); one recorded before it
             # is found by this claim. One side always sees the other.
-            await _keyed(steps.register_wait, self.run_id, "register", key)(
-                self.run_id, key, self.subject, action.event, until.isoformat() if until else None
+            await steps.register_wait(
+                self.run_id, key, self.subject, event, until.isoformat() if until else None
             )
-            claimed = await _keyed(steps.claim_event, self.run_id, "claim", key)(
-                self.subject, action.event, self._claim_key(key)
-            )
+            claimed = await self._claim(steps.cache_key(self.run_id, "claim", key), event, key)
             if claimed is not None:
-                await _keyed(steps.resolve_wait, self.run_id, "resolve", key)(
-                    self.run_id, key, "event"
-                )
+                await steps.resolve_wait(self.run_id, key, "event")
                 return _received(claimed)
         # Suspend until woken. A wake that is not for this wait (a timer resume that reached the
         # run early, an event another wait took) suspends again under the next key: the sequence
@@ -260,45 +273,62 @@ class RunDriver:
         attempt = 0
         while True:
             suspend_key = key if attempt == 0 else f"{key}-r{attempt}"
-            wake = await self._suspend(suspend_key, action.event, until)
+            wake = await self._suspend(suspend_key, action)
             timer_due = until is not None and wake.kind == "timer" and wake.at >= until
-            if action.event is None:
+            if event is None:
                 if timer_due and until is not None:
                     return WaitElapsed(at=until)
             else:
-                claimed = await _keyed(steps.claim_event, self.run_id, "claim-after", suspend_key)(
-                    self.subject, action.event, self._claim_key(key)
+                claimed = await self._claim(
+                    steps.cache_key(self.run_id, "claim-after", suspend_key), event, key
                 )
                 if claimed is not None:
                     return _received(claimed)
                 if timer_due and until is not None:
-                    return EventTimedOut(at=until)
+                    # When the timeout was taken (the wake's time, stored with the resume, so a
+                    # replay reads the same), not the deadline it was due at.
+                    return EventTimedOut(at=max(until, wake.at))
             attempt += 1
+
+    async def _claim(self, journal_key: str, event: str, wait_key: str) -> dict[str, Any] | None:
+        """The event claimed for the wait, or None; journalled, so "none yet" stays the answer
+        a replay reads even if the event has arrived since (the decision was taken on it)."""
+        subject, claim_key = self.subject, self._claim_key(wait_key)
+        claimed: dict[str, Any] | None = await steps.once(
+            journal_key, "claim", lambda: steps.claim_event(subject, event, claim_key)
+        )
+        return claimed
 
     def _claim_key(self, wait_key: str) -> str:
         """What marks an event consumed: wait keys repeat across runs of one workflow, so the
         run id makes it unique (a later run must never receive an earlier run's event)."""
         return f"{self.run_id}:{wait_key}"
 
-    async def _suspend(self, key: str, event: str | None, until: datetime | None) -> WakeInput:
+    async def _suspend(self, key: str, action: WaitFor) -> WakeInput:
         """Register the wait, then suspend the run until the resumer or the router wakes it."""
-        await _keyed(steps.register_wait, self.run_id, "register", key)(
-            self.run_id, key, self.subject, event, until.isoformat() if until else None
+        until = action.until
+        await steps.register_wait(
+            self.run_id, key, self.subject, action.event, until.isoformat() if until else None
         )
+        message = waiting_message(action.path, action.event, self.subject, until)
+
+        async def publish_trail_so_far() -> None:
+            rows = trail.trail_rows(self.trail)
+            rows.append(trail.waiting_row(action.path, action.visit, message))
+            await trail.publish_trail(rows, f"{trail.SO_FAR_DESCRIPTION} {message}")
+
         async with self._suspend_lock:
             if self._suspended:
                 # Another branch already suspended the run: wait to be cancelled with it.
                 await asyncio.Event().wait()
             try:
-                # No server-side timeout: the resumer delivers deadlines (a server timeout would
-                # fail the run, which a workflow's timeoutNext never wants).
-                wake: WakeInput = await asuspend_flow_run(
-                    wait_for_input=WakeInput, key=key, timeout=None
+                wake = await suspend(
+                    key, message, logger=self.logger, on_suspended=publish_trail_so_far
                 )
             except Pause:
                 self._suspended = True
                 raise
-        await _keyed(steps.resolve_wait, self.run_id, "resolve", key)(self.run_id, key, wake.kind)
+        await steps.resolve_wait(self.run_id, key, wake.kind)
         return wake
 
     # --- branches ------------------------------------------------------------------------------
@@ -390,13 +420,3 @@ def _first(group: BaseExceptionGroup[_E]) -> _E:
             return inner
         return exc
     raise RuntimeError("empty exception group")  # pragma: no cover - subgroup is never empty
-
-
-def _keyed(task_fn: Any, run_id: str, kind: str, key: str) -> Any:
-    """``task_fn`` cached under a key naming this run, the step kind and the wait key."""
-    cached = steps.cache_key(run_id, kind, key)
-    return task_fn.with_options(
-        task_run_name=f"{kind} {key}",
-        cache_key_fn=lambda _ctx, _params: cached,
-        persist_result=True,
-    )

@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 if TYPE_CHECKING:
     from store.db import Database
     from store.events import EventStore
+    from store.idempotency import IdempotencyStore
     from store.waits import WaitStore
     from tasks.context import ActivityContext
     from tasks.registry import ActivityRegistry
@@ -57,6 +58,13 @@ class Resources:
         from store.waits import WaitStore
 
         return WaitStore(self.db)
+
+    @functools.cached_property
+    def journal(self) -> IdempotencyStore:
+        """The runs' journal (``flows.steps.once``): first outcomes in the idempotency records."""
+        from store.idempotency import IdempotencyStore
+
+        return IdempotencyStore(self.db)
 
 
 _configured: dict[str, object] = {}

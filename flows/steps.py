@@ -1,11 +1,19 @@
-"""The Prefect tasks of a workflow run: every side effect and every clock reading lives in one.
+"""The steps of a workflow run: activities are Prefect tasks, bookkeeping is the run's journal.
 
-A replayed run (resumed after a suspend, or retried) starts again from the top of the flow; each of
-these tasks is persisted and cached under a key naming the run, the pinned definition's hash, the
-state's path and its visit (never its inputs), so a replay gets the recorded results back and
-makes exactly the same decisions. That is why the activity wrapper never lets a final failure
-escape as a Failed task run (Prefect does not cache failures, a replay would run it again): after
-the last attempt it returns ``{"ok": false, ...}`` as a Completed, cached result.
+A replayed run (resumed after a suspend, or retried) starts again from the top of the flow and must
+make exactly the same decisions. Two records make that so, both keyed by the run, the pinned
+definition's hash, the state's path and its visit (never the inputs):
+
+- **The journal** (``once``/``recorded``): the first outcome of every step that reads the clock or
+  the world (an activity's final outcome, an event claim, a short sleep, the definition loaded
+  without a pinned hash) is stored in the database's idempotency records; a replay reads it back
+  without a Prefect call. Bookkeeping that is idempotent by itself against the database (the wait
+  registration, resolving a wait, finishing the device's run) is a plain awaited call, so a run's
+  task runs are only its activities.
+- **Activities** are Prefect tasks named after their state (retries are Prefect retries). The
+  final outcome is journalled inside the task before it ends: success ends Completed (and is also
+  Prefect-cached), a final failure ends **Failed** with the error and cause as its message. Prefect
+  does not cache a failure, so the driver asks the journal first and a replay never runs it again.
 """
 
 from __future__ import annotations
@@ -13,12 +21,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from prefect import task
+from prefect.client.schemas.objects import State
 from prefect.context import TaskRunContext
+from prefect.states import Failed
 
 from flows.runtime import get_resources
 from interpreter.errors import ActivityError, OrchestrationError
@@ -33,6 +44,8 @@ __all__ = [
     "claim_event",
     "finish_device_run",
     "load_definition",
+    "once",
+    "recorded",
     "register_wait",
     "resolve_wait",
     "sleep_if_short",
@@ -67,12 +80,37 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat()
 
 
+# --- the journal -----------------------------------------------------------------------------
+
+#: The idempotency records' ``activity`` column names the kind of journal entry: ``orch.<kind>``.
+JOURNAL = "orch."
+
+
+async def once(key: str, kind: str, step: Callable[[], Awaitable[Any]]) -> Any:
+    """``step()``'s result as JSON, journalled under ``key`` by the first call that completes.
+
+    Every later call with ``key`` (a replay) returns the journalled result without calling
+    ``step``; a ``step`` that raises records nothing (the next call runs it again). ``key`` is a
+    ``cache_key``: it names the run, the kind of step and the step or wait key.
+    """
+    resources = await get_resources()
+    return await resources.journal.run_once(key, f"{JOURNAL}{kind}", step)
+
+
+async def recorded(key: str) -> tuple[bool, Any]:
+    """``(True, result)`` when the journal holds a finished entry for ``key``; else no result."""
+    resources = await get_resources()
+    entry = await resources.journal.get(key)
+    if entry is None or entry.status != "done":
+        return False, None
+    return True, entry.result
+
+
 # --- the definition, pinned ------------------------------------------------------------------
 
 
-@task(name="load-definition", persist_result=True)
 async def load_definition(workflow: str, version: str | None) -> dict[str, Any]:
-    """Read and hash the definition once per run: a replay gets this pinned copy back.
+    """Read and hash the definition (the run journals it once: a replay gets this copy back).
 
     ``workflow`` is a path to a ``.json`` file, or a name the ``definitions.load`` activity
     resolves (directory or Azure Blob). Also records ``startedAt``, the run's stable clock origin.
@@ -139,10 +177,11 @@ async def _run_activity(
     state: str,
     step_cache_key: str,
     label: str,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State[Any]:
     """One attempt of an activity; raises only when Prefect must retry it (see module doc).
 
-    ``step_cache_key`` is the task's cache key and ``label`` its run name (see ``activity_task``).
+    ``step_cache_key`` is the task's cache key and journal key, ``label`` its run name (see
+    ``activity_task``). Returns the journalled outcome, or a Failed state holding it.
     """
     run_context = TaskRunContext.get()
     attempt = run_context.task_run.run_count if run_context is not None else 1
@@ -164,18 +203,45 @@ async def _run_activity(
     except Exception as exc:
         error = ActivityError(TASK_FAILED, f"{type(exc).__name__}: {exc}", retryable=False)
     else:
-        return {"ok": True, "result": result, "at": _iso(_now())}
+        outcome = {"ok": True, "result": result, "at": _iso(_now())}
+        succeeded: dict[str, Any] = await once(step_cache_key, "step", _value(outcome))
+        return succeeded
     metrics().activity_failures.add(1, {"activity": activity, "error": error.error})
     retry_policy = RetryPolicy.model_validate(policy)
     if should_retry(retry_policy, error.error, error.retryable, attempt):
         raise error  # Prefect waits the policy's delay and runs the next attempt
-    return {
+    failure = {
         "ok": False,
         "error": error.error,
         "cause": error.cause,
         "attempts": attempt,
         "at": _iso(_now()),
     }
+    # Journalled before the task run ends Failed: Prefect caches no failure, the journal is
+    # what a replay reads (the driver asks it before calling the task again).
+    failed: dict[str, Any] = await once(step_cache_key, "step", _value(failure))
+    return Failed(message=failure_message(failed), data=failed)
+
+
+def failure_message(failure: dict[str, Any]) -> str:
+    """A failed step's task-run message: ``<error>: <cause> (after N attempts)``."""
+    attempts = int(failure.get("attempts") or 1)
+    after = f" (after {attempts} attempts)" if attempts > 1 else ""
+    return f"{failure['error']}: {failure.get('cause') or '(no cause given)'}{after}"
+
+
+def _value(value: Any) -> Callable[[], Awaitable[Any]]:
+    async def step() -> Any:
+        return value
+
+    return step
+
+
+def _retry_unless_final(_task: Any, _task_run: Any, state: State[Any]) -> bool:
+    """Prefect's retry condition: an exception is an attempt to retry (the task raises only
+    then); a returned Failed state is the final failure, already journalled."""
+    data = state.data
+    return not (isinstance(data, dict) and data.get("ok") is False)
 
 
 def _error_name(exc: OrchestrationError) -> str:
@@ -195,8 +261,9 @@ _configured: dict[tuple[int, tuple[float, ...], float | None], Any] = {}
 def activity_task(*, policy: RetryPolicy, jitter_draws: bool = True) -> Any:
     """The activity task configured for ``policy`` (retries, delays, jitter), built once.
 
-    Call it with ``step_cache_key=cache_key(run_id, "task", step_key)`` (its cache key: a replay
-    gets the recorded result) and ``label`` (its run name: the state's path and visit).
+    Call it with ``step_cache_key=cache_key(run_id, "task", step_key)`` (its cache key and
+    journal key: a replay gets the recorded outcome) and ``label`` (its run name: the state's path
+    and visit). Its task run ends Completed, or Failed with the final failure as its message.
     """
     delays = tuple(float(d) for d in retry_delays(policy))
     jitter = policy.jitter if policy.jitter and jitter_draws else None
@@ -212,6 +279,7 @@ def activity_task(*, policy: RetryPolicy, jitter_draws: bool = True) -> Any:
             cache_key_fn=_step_cache_key,
             retries=shape[0],
             retry_delay_seconds=list(delays) or 0,
+            retry_condition_fn=_retry_unless_final,
             persist_result=True,
             refresh_cache=False,
         )
@@ -227,11 +295,10 @@ def step_label(path: str, visit: int) -> str:
 # --- waits -----------------------------------------------------------------------------------
 
 
-@task(name="sleep-if-short", persist_result=True)
 async def sleep_if_short(until: str, short_wait_seconds: float) -> dict[str, Any]:
     """Sleep here when ``until`` is close; else report that the run must suspend.
 
-    Cached: a replay neither sleeps again nor changes its mind.
+    Journalled by the driver: a replay neither sleeps again nor changes its mind.
     """
     due = datetime.fromisoformat(until)
     remaining = (due - _now()).total_seconds()
@@ -242,9 +309,12 @@ async def sleep_if_short(until: str, short_wait_seconds: float) -> dict[str, Any
     return {"slept": True, "remaining": remaining}
 
 
-@task(name="claim-event", persist_result=True)
 async def claim_event(subject: str, event: str, wait_key: str) -> dict[str, Any] | None:
-    """Take the first unconsumed ``event`` of ``subject`` for this wait, if one has arrived."""
+    """Take the first unconsumed ``event`` of ``subject`` for this wait, if one has arrived.
+
+    The store gives the same event again for the same ``wait_key``; the driver journals the
+    answer, so "nothing yet" also stays the answer on a replay.
+    """
     resources = await get_resources()
     stored = await resources.events.claim(subject, event, wait_key)
     if stored is None:
@@ -259,11 +329,13 @@ def _payload_of(stored: Any) -> Any:
     return None
 
 
-@task(name="register-wait", persist_result=True)
 async def register_wait(
     run_id: str, wait_key: str, subject: str, event: str | None, due_at: str | None
 ) -> bool:
-    """Record the wait so the resumer (timers) can wake the run when it is due."""
+    """Record the wait so the resumer (timers) can wake the run when it is due.
+
+    Idempotent on ``(run_id, wait_key)``: a replay's registration changes nothing.
+    """
     resources = await get_resources()
     await resources.waits.register(
         run_id, wait_key, subject, event, datetime.fromisoformat(due_at) if due_at else None
@@ -271,16 +343,17 @@ async def register_wait(
     return True
 
 
-@task(name="finish-device-run", persist_result=True)
 async def finish_device_run(device_id: str, run_id: str) -> bool:
-    """Tell the device ledger this run has ended, so the router starts the next one."""
+    """Tell the device ledger this run has ended, so the router starts the next one.
+
+    Idempotent: only a run that is still the device's current one is finished.
+    """
     from store.runs import DeviceRunStore
 
     resources = await get_resources()
     return await DeviceRunStore(resources.db).finish(device_id, run_id)
 
 
-@task(name="resolve-wait", persist_result=True)
 async def resolve_wait(run_id: str, wait_key: str, how: str) -> bool:
     """Mark the wait resolved (idempotent; the resumer may have done it already)."""
     resources = await get_resources()

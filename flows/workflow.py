@@ -3,11 +3,13 @@
 Entrypoint for deployments: ``flows/workflow.py:run_workflow``. One flow for every definition; the
 definition is data, pinned: the creator of the run stores it by content hash
 (``flows.definitions.pin``) and passes ``definition_hash``, so every replay (after a suspend) reads
-exactly the content the run started with, with no Prefect call; without a hash, a cached task
-reads it and records its hash (the fallback). Validation and compilation happen once per hash per
-process. A run that ends ``failed`` raises ``WorkflowFailedError``, so Prefect shows it Failed with
-the reason. The trail of states is logged state by state while the run goes, and published as a
-table artifact by a hook once the run's final state is set (off the run's own time).
+exactly the content the run started with, with no Prefect call; without a hash, the run reads it
+once and journals it with its hash (the fallback). Validation and compilation happen once per hash
+per process. A run that ends ``failed`` raises ``WorkflowFailedError``, so Prefect shows it Failed
+with the reason. The trail of states is logged state by state while the run goes, and published
+as a table artifact by a hook once the run's final state is set (off the run's own time), with
+the output of a completed run as a JSON artifact; a run that is cancelled or crashes publishes
+the trail it had reached.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from typing import Any
 from uuid import UUID
 
 from prefect import Flow, flow, get_run_logger
-from prefect.artifacts import acreate_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.context import FlowRunContext
+from prefect.exceptions import Pause
 
-from flows import definitions, steps
+from flows import definitions, steps, trail
 from flows.driver import RunDriver, TransitionListener
 from flows.logfilter import install_suspend_log_filter
 from flows.runtime import Resources, get_resources
@@ -49,6 +51,9 @@ install_suspend_log_filter()
 _listeners: list[TransitionListener] = []
 #: Runs whose engine finished, waiting for the hook that publishes their trail (popped there).
 _finished_trails: dict[UUID, tuple[WorkflowDefinition, list[TrailEntry], Finished]] = {}
+#: Runs executing in this process: a hook of a run that ends unfinished (cancelled, crashed)
+#: publishes the trail its driver had reached. Removed when the execution returns or raises.
+_live_trails: dict[UUID, tuple[WorkflowDefinition, RunDriver]] = {}
 
 
 class WorkflowFailedError(OrchestrationError):
@@ -118,25 +123,28 @@ def run_tags(workflow: str, device_id: str | None, version: str | None) -> list[
 
 
 async def _publish_trail(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
-    """The trail of states as a table artifact of the run (a hook: after the final state)."""
+    """The trail of states as a table artifact of the run (a hook: after the final state), and
+    a completed run's output; a run that ended unfinished shows the trail it reached."""
+    live = _live_trails.pop(flow_run.id, None)
     entry = _finished_trails.pop(flow_run.id, None)
     if entry is None:
-        return  # ended before its engine finished (a definition error): nothing to show
-    definition, trail, finished = entry
-    rows = [
-        {
-            "at": item.at.isoformat(),
-            "state": item.path,
-            "type": item.type,
-            "visit": item.visit,
-            "outcome": item.outcome,
-        }
-        for item in trail
-    ]
+        if live is None or not live[1].trail:
+            return  # ended before its engine started (a definition error): nothing to show
+        definition, driver = live
+        ended = str(state.name or state.type.value).lower()
+        how = f"{ended} ({state.message})" if state.message else ended
+        await trail.publish_trail(
+            trail.trail_rows(driver.trail),
+            f"{trail.TRAIL_DESCRIPTION} {definition.name} {definition.version}: {how}",
+        )
+        return
+    definition, entries, finished = entry
     summary = f"{definition.name} {definition.version}: {finished.status}"
     if finished.status == "failed":
         summary += f" ({finished.error}: {finished.cause})"
-    await acreate_table_artifact(table=rows, description=f"Trail of states. {summary}")
+    await trail.publish_trail(trail.trail_rows(entries), f"{trail.TRAIL_DESCRIPTION} {summary}")
+    if finished.status != "failed":
+        await trail.publish_output(finished.output)
 
 
 @flow(
@@ -199,15 +207,21 @@ async def run_workflow(
     )
     with log_context(device_id=device_id, flow_run_id=run_id):
         run = engine.start(input or {}, system)
-        end, finished = await driver.drive(engine, run, system)
+        _live_trails[flow_run.id] = (definition, driver)
+        # Any other exception leaves the entry for the failure/crash/cancellation hook.
+        try:
+            end, finished = await driver.drive(engine, run, system)
+        except Pause:  # suspended: the trail so far is published already
+            _live_trails.pop(flow_run.id, None)
+            raise
+        _live_trails.pop(flow_run.id, None)
         # Only the execution that reaches the end records: a replay after a suspend does not.
         _record_metrics(definition, started_at, end, driver.trail, finished)
         # Published by the on_completion/on_failure hook, once the run's final state is set.
         _finished_trails[flow_run.id] = (definition, driver.trail, finished)
         if device_id:
-            await steps.finish_device_run.with_options(
-                cache_key_fn=lambda _ctx, _params: steps.cache_key(run_id, "finish", device_id),
-            )(device_id, run_id)
+            # Idempotent against the device ledger: no task run, safe on any replay.
+            await steps.finish_device_run(device_id, run_id)
     if finished.status == "failed":
         raise WorkflowFailedError(
             _failed_state(driver.trail),
@@ -257,8 +271,8 @@ async def _definition(
 
     By hash: read from the content-addressed store (once per process), no Prefect call; the clock
     origin is the run's creation time, which the server keeps the same on every replay. Without a
-    hash (or a store that does not have it): the cached ``load-definition`` task, whose recorded
-    result a replay gets back, clock origin included.
+    hash (or a store that does not have it): read once and journalled with its hash
+    (``steps.once``), so a replay gets the same content back, clock origin included.
     """
     activities = resources.registry.names()
     if definition_hash:
@@ -272,11 +286,11 @@ async def _definition(
         if found is not None:
             _check_version(workflow, found.definition, version)
             return found, _created_at(flow_run)
-    loaded = await steps.load_definition.with_options(
-        cache_key_fn=lambda _ctx, _params: steps.cache_key(
-            run_id, "definition", f"{workflow}@{version or ''}"
-        ),
-    )(workflow, version)
+    loaded: dict[str, Any] = await steps.once(
+        steps.cache_key(run_id, "definition", f"{workflow}@{version or ''}"),
+        "definition",
+        lambda: steps.load_definition(workflow, version),
+    )
     pinned_hash = str(loaded["hash"])
     if definition_hash and pinned_hash != definition_hash:
         raise DefinitionChangedError(
