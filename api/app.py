@@ -2,23 +2,32 @@
 
 ``create_app(settings)`` builds it; the lifespan opens one Prefect client and the ingress (database,
 router) for the process. Endpoints mirror the original design's HTTP functions; OpenAPI at
-``/docs``. Errors: 401 without a valid key, 404 unknown workflow, 409 a request the run's state
-forbids, 413 body too large, 422 invalid request (FastAPI's validation details) or a
-``workflowType`` the definitions source does not have, 503 Prefect, the database or the
-definitions source unavailable.
+``/docs``. Errors: 401 without a valid key, 404 unknown workflow, 408 a body that did not arrive
+in time, 409 a request the run's state forbids, 413 body too large, 415 a body that is not JSON,
+422 invalid request (FastAPI's validation details, without the offending input) or a
+``workflowType`` the definitions source does not have, 502 Prefect refused, 503 Prefect, the
+database or the definitions source unavailable.
+
+Error answers are generic where the cause is ours (502, 503, an unusable definition): the driver's
+or the source's words, which may name hosts and directories, go to the log only. Error bodies are
+ASCII JSON, so no character a client sent can make an answer unencodable.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from api.definitions import DefinitionPinner, DefinitionsUnavailableError, UnknownWorkflowError
 from api.models import (
+    ID_PATTERN,
     NAME_PATTERN,
     DeviceEventRequest,
     EventAccepted,
@@ -26,16 +35,31 @@ from api.models import (
     StartWorkflowRequest,
     WorkflowStatus,
 )
-from api.security import ApiKeyGuard, BodySizeLimit
+from api.security import ApiKeyGuard, RequestBodyGuard
 from api.service import ConflictError, NotFoundError, WorkflowService
 from api.settings import ApiSettings
 from listeners.control import ControlError, ControlUnavailableError
 
 __all__ = ["create_app"]
 
-DEVICE_ID = Annotated[str, Path(min_length=1, max_length=128)]
-EVENT_NAME = Annotated[str, Path(min_length=1, max_length=200, pattern=NAME_PATTERN)]
-WORKFLOW_ID = Annotated[str, Path(min_length=1, max_length=100)]
+log = logging.getLogger(__name__)
+
+DEVICE_ID = Annotated[str, Path(pattern=ID_PATTERN)]
+EVENT_NAME = Annotated[str, Path(pattern=NAME_PATTERN)]
+#: A run id (a UUID) or an instance id: both follow the id rule.
+WORKFLOW_ID = Annotated[str, Path(pattern=ID_PATTERN)]
+
+PREFECT_UNAVAILABLE = "Prefect is unavailable; try again later"
+PREFECT_REFUSED = "Prefect refused the request"
+DEFINITIONS_UNAVAILABLE = "the definitions source is unavailable; try again later"
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: a lone surrogate a client sent (in a key, a
+    path) cannot make the answer unencodable."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
 def _service(request: Request) -> WorkflowService:
@@ -92,31 +116,50 @@ def create_app(settings: ApiSettings | None = None, *, database_url: str | None 
         description="Start, inspect, signal and terminate device workflows.",
         lifespan=lifespan,
     )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestBodyGuard, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's shape without "input" and "ctx": the input may be huge or unprintable.
+        errors = [
+            {"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")}
+            for e in exc.errors()
+        ]
+        return AsciiJSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(ControlUnavailableError)
-    async def _unavailable(_request: Request, exc: ControlUnavailableError) -> JSONResponse:
-        return JSONResponse({"detail": f"Prefect unavailable: {exc}"}, status_code=503)
+    async def _unavailable(request: Request, exc: ControlUnavailableError) -> JSONResponse:
+        log.warning("%s %s: Prefect unavailable: %s", request.method, request.url.path, exc)
+        return AsciiJSONResponse({"detail": PREFECT_UNAVAILABLE}, status_code=503)
 
     @app.exception_handler(ControlError)
-    async def _refused(_request: Request, exc: ControlError) -> JSONResponse:
-        return JSONResponse({"detail": f"Prefect refused: {exc}"}, status_code=502)
+    async def _refused(request: Request, exc: ControlError) -> JSONResponse:
+        log.warning("%s %s: Prefect refused: %s", request.method, request.url.path, exc)
+        return AsciiJSONResponse({"detail": PREFECT_REFUSED}, status_code=502)
 
     @app.exception_handler(UnknownWorkflowError)
-    async def _unknown_workflow(_request: Request, exc: UnknownWorkflowError) -> JSONResponse:
-        return JSONResponse({"detail": f"workflowType: {exc}"}, status_code=422)
+    async def _unknown_workflow(request: Request, exc: UnknownWorkflowError) -> JSONResponse:
+        log.warning("%s %s: workflowType refused: %s", request.method, request.url.path, exc)
+        workflow = getattr(request.state, "workflow_type", None)
+        detail = "workflowType: no such workflow (or version), or its definition is invalid"
+        if workflow:
+            detail += f": {workflow!r}"
+        return AsciiJSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(DefinitionsUnavailableError)
-    async def _no_definitions(_request: Request, exc: DefinitionsUnavailableError) -> JSONResponse:
-        return JSONResponse({"detail": f"definitions unavailable: {exc}"}, status_code=503)
+    async def _no_definitions(request: Request, exc: DefinitionsUnavailableError) -> JSONResponse:
+        log.warning("%s %s: definitions unavailable: %s", request.method, request.url.path, exc)
+        return AsciiJSONResponse({"detail": DEFINITIONS_UNAVAILABLE}, status_code=503)
 
     @app.exception_handler(NotFoundError)
     async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
+        return AsciiJSONResponse({"detail": str(exc)}, status_code=404)
 
     @app.exception_handler(ConflictError)
     async def _conflict(_request: Request, exc: ConflictError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
+        return AsciiJSONResponse({"detail": str(exc)}, status_code=409)
 
     protected = [Depends(guard)]
 
@@ -134,8 +177,11 @@ def create_app(settings: ApiSettings | None = None, *, database_url: str | None 
         dependencies=protected,
         tags=["workflows"],
     )
-    async def start_workflow(body: StartWorkflowRequest, service: Service) -> WorkflowStatus:
+    async def start_workflow(
+        body: StartWorkflowRequest, service: Service, request: Request
+    ) -> WorkflowStatus:
         """Start a run; with ``instanceId``, starting again returns the run already started."""
+        request.state.workflow_type = body.workflow_type  # named in a refusal (it follows a rule)
         return await service.start(body)
 
     @app.get("/workflows/{workflow_id}", dependencies=protected, tags=["workflows"])
@@ -189,4 +235,4 @@ def create_app(settings: ApiSettings | None = None, *, database_url: str | None 
 
 
 def _event_response(accepted: EventAccepted, code: int) -> JSONResponse:
-    return JSONResponse(accepted.model_dump(mode="json", by_alias=True), status_code=code)
+    return AsciiJSONResponse(accepted.model_dump(mode="json", by_alias=True), status_code=code)

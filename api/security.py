@@ -1,20 +1,34 @@
-"""Request guards of the management API: API keys compared in constant time, a body size limit.
+"""Request guards of the management API: API keys compared in constant time, and a body guard.
 
-The size limit is ASGI middleware so it holds before anything reads the body: a declared
-``Content-Length`` over the limit is refused at once, and any other body is read
-(up to the limit) before the application sees it.
+The body guard is ASGI middleware so it holds before anything reads the body:
+
+- size: a declared ``Content-Length`` over the limit is refused at once (413), any other body is
+  read up to the limit before the application sees it;
+- time: a body that has not fully arrived within ``timeout`` seconds is answered 408 and the
+  connection closed (a client that declares 10 bytes and sends one held its connection for good);
+- content: a body must be JSON (415 for another declared media type) and pass the strict parse of
+  ``interpreter.jsonsafe`` (422 naming the member, in FastAPI's error shape): the refusals the
+  event ingress applies to every message, so that no entry point accepts what another refuses.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import json
+import logging
 from collections.abc import Sequence
+from typing import Any
 
 from fastapi import HTTPException, Request, status
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ApiKeyGuard", "BodySizeLimit"]
+from interpreter import jsonsafe
+
+__all__ = ["ApiKeyGuard", "RequestBodyGuard"]
+
+log = logging.getLogger(__name__)
 
 API_KEY_HEADER = "x-api-key"
 
@@ -42,51 +56,86 @@ class ApiKeyGuard:
             )
 
 
-class BodySizeLimit:
-    """Refuse request bodies over ``max_bytes`` with 413 before the application reads them."""
+class RequestBodyGuard:
+    """Refuse request bodies that are too large (413), too slow (408), not JSON (415) or not
+    strict JSON (422) before the application reads them."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float) -> None:
         self._app = app
         self._max = max_bytes
+        self._timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    await _plain(send, 400, b"invalid Content-Length")
-                    return
-                if declared > self._max:
-                    await _too_large(send, self._max)
-                    return
-        # No (or a small) declared length: read the body here, up to the limit, and hand the
-        # application a replay of it. Raising from inside ``receive`` would not do: FastAPI turns
-        # any error while reading the body into a 400.
+        headers = dict(scope.get("headers", []))
+        if b"content-length" in headers:
+            try:
+                declared = int(headers[b"content-length"])
+            except ValueError:
+                await _answer(send, 400, "invalid Content-Length")
+                return
+            if declared > self._max:
+                await _answer(send, 413, f"request body over {self._max} bytes")
+                return
+        # Read the body here and hand the application a replay of it. Raising from inside
+        # ``receive`` would not do: FastAPI turns any error while reading the body into a 400.
+        try:
+            async with asyncio.timeout(self._timeout):
+                body, trailing = await self._read(receive)
+        except TimeoutError:
+            log.warning(
+                "request body of %s %s not received within %ss: 408, connection closed",
+                scope.get("method"),
+                scope.get("path"),
+                self._timeout,
+            )
+            await _answer(send, 408, f"request body not received within {self._timeout}s", True)
+            return
+        if body is None:
+            await _answer(send, 413, f"request body over {self._max} bytes")
+            return
+        if body:
+            refusal = self._refusal(headers.get(b"content-type"), body)
+            if refusal is not None:
+                await _answer(send, *refusal)
+                return
+        first: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+        await self._app(scope, _replay(first + trailing, receive), send)
+
+    async def _read(self, receive: Receive) -> tuple[bytes | None, list[Message]]:
+        """The whole body (None when over the limit), and a disconnect notice seen while reading."""
         chunks: list[bytes] = []
         seen = 0
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                await self._app(scope, _replay([message]), send)
-                return
+                return b"".join(chunks), [message]
             chunk = message.get("body", b"")
             seen += len(chunk)
             if seen > self._max:
-                await _too_large(send, self._max)
-                return
+                return None, []
             chunks.append(chunk)
             if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        await self._app(
-            scope,
-            _replay([{"type": "http.request", "body": body, "more_body": False}], receive),
-            send,
-        )
+                return b"".join(chunks), []
+
+    def _refusal(self, content_type: bytes | None, body: bytes) -> tuple[int, Any] | None:
+        media = (content_type or b"application/json").split(b";")[0].strip().lower()
+        if media != b"application/json" and not media.endswith(b"+json"):
+            return 415, "request bodies are JSON (Content-Type: application/json)"
+        try:
+            jsonsafe.loads(body, max_bytes=self._max)
+        except jsonsafe.UnsafeJsonError as exc:
+            return 422, [validation_error(exc)]
+        return None
+
+
+def validation_error(exc: jsonsafe.UnsafeJsonError) -> dict[str, Any]:
+    """A strict-JSON refusal as one of FastAPI's 422 errors: ``loc`` from the pointer."""
+    parts = [part.replace("~1", "/").replace("~0", "~") for part in exc.pointer.split("/")[1:]]
+    kind = "json_invalid" if exc.code == "invalid-json" else exc.code.replace("-", "_")
+    return {"type": kind, "loc": ["body", *parts], "msg": exc.message}
 
 
 def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
@@ -102,20 +151,15 @@ def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
     return receive
 
 
-async def _too_large(send: Send, limit: int) -> None:
-    await _plain(send, 413, f'{{"detail":"request body over {limit} bytes"}}'.encode(), json=True)
-
-
-async def _plain(send: Send, code: int, body: bytes, *, json: bool = False) -> None:
-    content_type = b"application/json" if json else b"text/plain; charset=utf-8"
-    await send(
-        {
-            "type": "http.response.start",
-            "status": code,
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
+async def _answer(send: Send, code: int, detail: Any, close: bool = False) -> None:
+    """``{"detail": ...}`` as ASCII JSON; ``close`` asks the server to drop the connection (the
+    rest of an unread body must not be taken for the next request)."""
+    body = json.dumps({"detail": detail}, separators=(",", ":")).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": code, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -24,6 +24,9 @@ class ApiSettings(BaseSettings):
     allow_anonymous: bool = False
     #: Largest request body accepted (413 beyond it); device events are far smaller.
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    #: Longest a client may take to send its request body, in seconds (408 and the connection
+    #: closed beyond it): a client that declares more than it sends does not hold a connection.
+    body_timeout: float = Field(default=10.0, gt=0)
     #: ``<flow name>/<deployment name>`` of the workflow flow; default: the ingress setting.
     deployment: str | None = None
     #: Deadline of one call to Prefect (503 beyond it).

@@ -8,16 +8,25 @@ messages cannot even be built by user code), and ``parse_event`` turns that into
 Body: ``{"deviceId", "eventId"?, "name", "payload"?, "occurredAt"?}``. The event id is the body's
 ``eventId``, else the transport's message id; a session id, when there is one, must equal the
 device id (one device = one session).
+
+The body is parsed by ``interpreter.jsonsafe.loads``, the same strict parser the API applies to its
+bodies: a byte order mark, a member given twice, ``NaN``/``Infinity``, a number out of range, NUL or
+a lone surrogate anywhere are refused here, with a JSON pointer in the description, instead of
+failing at the database and being retried until dead-lettered. Device and event ids follow
+``jsonsafe.ID_PATTERN``, event names ``jsonsafe.NAME_PATTERN`` (the API's rules too).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from interpreter import jsonsafe
+from interpreter.limits import MAX_DEPTH
+from interpreter.problems import pointer
 
 __all__ = [
     "MAX_JSON_DEPTH",
@@ -30,7 +39,12 @@ __all__ = [
 ]
 
 #: Deeper bodies are refused before ``json.loads`` (which recurses and can blow the stack).
-MAX_JSON_DEPTH = 64
+MAX_JSON_DEPTH = MAX_DEPTH
+
+# Refusals of the text itself; every other jsonsafe refusal is about a value: a schema violation.
+_UNPARSEABLE_CODES = frozenset(
+    {"not-utf8", "byte-order-mark", "too-deep", "invalid-json", "duplicate-key"}
+)
 
 
 class PoisonReason:
@@ -47,6 +61,9 @@ class PoisonMessageError(Exception):
     """The message can never be processed; dead-letter it at once with ``reason``."""
 
     def __init__(self, reason: str, description: str) -> None:
+        # Descriptions quote the input (member names, ids): escape what a log line, a terminal or
+        # the broker's dead-letter description should not carry raw (NUL, surrogates, controls).
+        description = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in description)
         super().__init__(f"{reason}: {description}")
         self.reason = reason
         self.description = description
@@ -69,11 +86,27 @@ class EventBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    device_id: str = Field(alias="deviceId", min_length=1, max_length=128)
-    event_id: str | None = Field(default=None, alias="eventId", min_length=1, max_length=200)
-    name: str = Field(min_length=1, max_length=200)
+    device_id: str = Field(alias="deviceId", pattern=jsonsafe.ID_PATTERN)
+    event_id: str | None = Field(default=None, alias="eventId", pattern=jsonsafe.ID_PATTERN)
+    name: str = Field(pattern=jsonsafe.NAME_PATTERN)
     payload: dict[str, Any] = Field(default_factory=dict)
     occurred_at: AwareDatetime | None = Field(default=None, alias="occurredAt")
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _in_utc_range(cls, value: datetime | None) -> datetime | None:
+        if value is not None:
+            require_utc_range(value)
+        return value  # as written: the offset is kept for the run's input
+
+
+def require_utc_range(value: datetime) -> None:
+    """Refuse a time whose UTC date falls outside years 1-9999: it would overflow where it is
+    stored or compared (``0001-01-01T00:00:00+01:00``, ``9999-12-31T23:59:59-05:00``)."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the instant in UTC falls outside the years 1 to 9999") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,30 +132,6 @@ class IncomingEvent:
         }
 
 
-def _depth_exceeds(text: str, limit: int) -> bool:
-    """Whether JSON nesting goes deeper than ``limit``, found without recursion."""
-    depth = 0
-    in_string = False
-    escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > limit:
-                return True
-        elif char in "]}":
-            depth -= 1
-    return False
-
-
 def parse_event(
     message: IncomingMessage, *, max_bytes: int, now: datetime | None = None
 ) -> IncomingEvent:
@@ -133,22 +142,15 @@ def parse_event(
             PoisonReason.TOO_LARGE, f"body is {size} bytes; the limit is {max_bytes}"
         )
     try:
-        text = message.body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PoisonMessageError(PoisonReason.UNPARSEABLE, f"body is not UTF-8: {exc}") from exc
-    if _depth_exceeds(text, MAX_JSON_DEPTH):
-        raise PoisonMessageError(
-            PoisonReason.UNPARSEABLE, f"JSON nesting deeper than {MAX_JSON_DEPTH} levels"
-        )
-    try:
-        document = json.loads(text)
-    except ValueError as exc:
-        raise PoisonMessageError(PoisonReason.UNPARSEABLE, f"body is not JSON: {exc}") from exc
+        document = jsonsafe.loads(message.body, max_bytes=max_bytes)
+    except jsonsafe.UnsafeJsonError as exc:
+        reason = PoisonReason.UNPARSEABLE if exc.code in _UNPARSEABLE_CODES else PoisonReason.SCHEMA
+        raise PoisonMessageError(reason, f"{exc.pointer or '(body)'}: {exc.message}") from exc
     try:
         body = EventBody.model_validate(document)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or '(body)'}: {error['msg']}"
+            f"{pointer(*error['loc']) or '(body)'}: {error['msg']}"
             for error in exc.errors(include_url=False)
         )
         raise PoisonMessageError(PoisonReason.SCHEMA, problems) from exc
@@ -161,6 +163,13 @@ def parse_event(
     if not event_id:
         raise PoisonMessageError(
             PoisonReason.MISSING_EVENT_ID, "no eventId in the body and no message id"
+        )
+    if not jsonsafe.is_valid_id(event_id):
+        # Only a message id can get here: the body's eventId was checked with the schema.
+        raise PoisonMessageError(
+            PoisonReason.SCHEMA,
+            f"no eventId in the body, and the message id {event_id[:200]!r} is no valid event id "
+            f"(pattern {jsonsafe.ID_PATTERN})",
         )
     received = now or datetime.now(UTC)
     return IncomingEvent(

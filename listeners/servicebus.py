@@ -83,10 +83,11 @@ def to_incoming(message: ServiceBusReceivedMessage) -> IncomingMessage:
     if message.body_type == AmqpMessageBodyType.DATA:
         body = b"".join(message.body)
     else:  # a value or sequence body (not what producers send): its text form
-        body = str(message).encode("utf-8")
+        body = str(message).encode("utf-8", "surrogatepass")  # parse_event refuses it, no raise
+    # Binary properties may hold anything: escape what is not UTF-8 rather than fail the batch.
     properties = {
-        (k.decode() if isinstance(k, bytes) else str(k)): (
-            v.decode() if isinstance(v, bytes) else v
+        (k.decode(errors="backslashreplace") if isinstance(k, bytes) else str(k)): (
+            v.decode(errors="backslashreplace") if isinstance(v, bytes) else v
         )
         for k, v in (message.application_properties or {}).items()
     }
