@@ -26,9 +26,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 POOL = "orchestration-local"
+AZURE_POOL = "orchestration-aci"
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 IGNORED = shutil.ignore_patterns(
-    ".git", ".venv", ".orchestration", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"
+    ".git", ".venv*", ".orchestration", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"
 )
 SMOKE_DEFINITION = {
     "name": "ops-smoke",
@@ -92,10 +93,19 @@ async def test_deploy_all_then_a_worker_runs_a_workflow_to_completion(
         # Deploying to a pool that does not exist creates nothing: create it first.
         created = _run([PREFECT, "work-pool", "create", POOL, "--type", "process"], checkout, env)
         assert created.returncode == 0, created.stdout + created.stderr
+        # --all includes the Azure variants: their pool must be registered too (nothing runs it).
+        azure = [PREFECT, "work-pool", "create", AZURE_POOL, "--type", "azure-container-instance"]
+        created = _run([*azure, "--overwrite"], checkout, env)
+        assert created.returncode == 0, created.stdout + created.stderr
         deployed = _run([PREFECT, "deploy", "--all", "--no-prompt"], checkout, env)
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-        # Every deployment prefect.yaml declares exists now.
-        declared = yaml.safe_load((checkout / "prefect.yaml").read_text())["deployments"]
+        # Every deployment prefect.yaml declares for the local pool exists now.
+        declared = [
+            d
+            for d in yaml.safe_load((checkout / "prefect.yaml").read_text())["deployments"]
+            if d["work_pool"]["name"] == POOL
+        ]
+        assert declared
         on_pool = {d.name for d in await client.read_deployments() if d.work_pool_name == POOL}
         assert {d["name"] for d in declared} <= on_pool
 
