@@ -310,6 +310,24 @@ def _print_summary(summary: dict[str, Any], output: OutputFormat) -> None:
         typer.echo(f"view: {summary['url']}")
 
 
+def _require_input_fits(path: Path, run_input: dict[str, Any]) -> None:
+    """Refuse, before any server starts, an input the definition's input schema refuses: one
+    line naming the pointer (exit 1). A definition that does not load is left to the run."""
+    from interpreter.errors import OrchestrationError
+    from interpreter.loader import load_definition
+    from interpreter.run_input import check_run_input
+
+    try:
+        definition = load_definition(path.read_bytes())
+    except (OrchestrationError, OSError):
+        return
+    problems = check_run_input(definition, run_input)
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        fail(f"--input {first.pointer or '/'}: {first.message}{more}")
+
+
 def run_command(
     definition: Annotated[Path, typer.Argument(help="The definition file (.json).")],
     input: Annotated[str, typer.Option("--input", "-i", help="The run's input as JSON.")] = "{}",
@@ -329,6 +347,7 @@ def run_command(
         fail(f"--input is not JSON: {exc}", code=2)
     if not isinstance(data, dict):
         fail("--input must be a JSON object", code=2)
+    _require_input_fits(definition, data)
     events = _parse_events(event or [])
     resolved = definition.resolve()
     if not resolved.is_relative_to(Path.cwd().resolve()):

@@ -20,12 +20,14 @@ from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from interpreter.engine import Engine
 from interpreter.errors import ActivityError
 from interpreter.loader import definition_hash, load_definition
 from interpreter.models import WorkflowDefinition
+from interpreter.problems import Problem
+from interpreter.run_input import check_run_input
 from interpreter.validate import require_valid
 
 if TYPE_CHECKING:
@@ -35,9 +37,11 @@ __all__ = [
     "DefinitionPinner",
     "DefinitionsUnavailableError",
     "Prepared",
+    "RunInputError",
     "UnknownWorkflowError",
     "default_root",
     "pin",
+    "pinned_text",
     "prepare",
     "prepared",
     "read_pinned",
@@ -72,8 +76,11 @@ def _path(root: Path, digest: str) -> Path:
     return root / digest[:2] / f"{digest}.json"
 
 
-def _canonical(definition: WorkflowDefinition) -> str:
-    return definition.model_dump_json(by_alias=True, exclude_none=True)
+def pinned_text(definition: WorkflowDefinition) -> str:
+    """The text a pin stores: exactly the members the definition was given, explicit nulls
+    included (``"value": null`` is a literal to compare with; dropping it changes the meaning),
+    so it loads back to an equal definition with the same hash."""
+    return definition.model_dump_json(by_alias=True, exclude_unset=True)
 
 
 def _write_once(path: Path, text: str) -> None:
@@ -94,7 +101,7 @@ async def pin(definition: WorkflowDefinition, root: Path | None = None) -> str:
     """Store ``definition`` under its hash (idempotent); return the hash to pass to the run."""
     digest = definition_hash(definition)
     await asyncio.to_thread(
-        _write_once, _path(root or default_root(), digest), _canonical(definition)
+        _write_once, _path(root or default_root(), digest), pinned_text(definition)
     )
     return digest
 
@@ -106,6 +113,20 @@ class UnknownWorkflowError(Exception):
 
 class DefinitionsUnavailableError(Exception):
     """The definitions source could not be read just now: try again later."""
+
+
+class RunInputError(Exception):
+    """The run's input does not satisfy the definition's ``input`` schema: nothing was started,
+    and starting it again with the same input will not help. ``problems`` point into the input."""
+
+    def __init__(self, workflow: str, problems: list[Problem]) -> None:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(
+            f"the input of {workflow!r} does not satisfy its input schema: "
+            f"{first.pointer or '/'}: {first.message}{more}"
+        )
+        self.problems = problems
 
 
 class DefinitionPinner:
@@ -125,8 +146,13 @@ class DefinitionPinner:
 
         return cls(source_for(DefinitionSettings()), FlowSettings().definitions_dir)
 
-    async def pin(self, workflow: str, version: str | None) -> str:
-        """The hash of ``workflow`` (at ``version``) as it is now, pinned for the run."""
+    async def pin(
+        self, workflow: str, version: str | None, *, run_input: dict[str, Any] | None = None
+    ) -> str:
+        """The hash of ``workflow`` (at ``version``) as it is now, pinned for the run.
+
+        With ``run_input``, the input is checked against the definition's input schema first
+        (``RunInputError``, nothing pinned)."""
         from tasks.builtin.definitions import load_from
 
         try:
@@ -135,6 +161,10 @@ class DefinitionPinner:
             if exc.retryable:
                 raise DefinitionsUnavailableError(exc.cause) from exc
             raise UnknownWorkflowError(exc.cause) from exc
+        if run_input is not None:
+            problems = check_run_input(definition, run_input)
+            if problems:
+                raise RunInputError(workflow, problems)
         return await pin(definition, self._root)
 
 

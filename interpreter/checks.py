@@ -24,7 +24,7 @@ from interpreter.models import (
     WaitState,
 )
 from interpreter.paths import assign, compile_path, is_path
-from interpreter.problems import Problem, Severity, did_you_mean, pointer
+from interpreter.problems import Hints, Problem, Severity, pointer
 from interpreter.retry import WILDCARDS, matches_error
 
 __all__ = [
@@ -47,10 +47,11 @@ _FLAG_VALUE = ("isPresent", "isNull")
 
 
 class Report:
-    """The problems found so far, in the order found."""
+    """The problems found so far, in the order found, and the hints' shared budget."""
 
     def __init__(self) -> None:
         self.problems: list[Problem] = []
+        self.hint = Hints()
 
     def add(
         self,
@@ -88,7 +89,7 @@ def check_path(report: Report, expr: str, where: str) -> None:
         first = _FIRST_SEGMENT.match(expr)
         hint = None
         if first and first.group(1) not in _SCOPES:
-            hint = did_you_mean(first.group(1), _SCOPES)
+            hint = report.hint(first.group(1), _SCOPES)
         report.add("invalid-jsonpath", where, str(exc), hint=hint)
 
 
@@ -154,7 +155,7 @@ def check_activity(
         "unknown-activity",
         where,
         f"unknown activity {name!r}; expected one of: {listed}",
-        hint=did_you_mean(name, known),
+        hint=report.hint(name, known),
     )
 
 
@@ -282,7 +283,7 @@ def _check_comparison(report: Report, cond: Comparison, at: str) -> None:
                 "invalid-operand",
                 where,
                 f"isType takes one of {', '.join(TYPE_NAMES)}; got {value!r}",
-                hint=did_you_mean(str(value), TYPE_NAMES),
+                hint=report.hint(str(value), TYPE_NAMES),
             )
     elif cond.op == "in" and not isinstance(value, list):
         report.add("invalid-operand", where, f"in takes an array of values; got {value!r}")

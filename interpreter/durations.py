@@ -6,15 +6,20 @@ wait of ``P1M`` would mean something different on each date. Timestamps: RFC 333
 ``Z`` or ``+hh:mm``/``-hh:mm`` offset; a naive time is refused because it names no instant.
 Fractions beyond microseconds are truncated; a leap second (``:60``) is refused (Python's datetime
 cannot hold it).
+
+Both stay within what the engine, the store and Prefect can hold: a duration is at most
+``MAX_WAIT_SECONDS`` (3,650 days), and a timestamp's instant, in UTC, lies between the years 1 and
+9999 (``9999-12-31T23:59:59-23:59`` is in the year 10000 in UTC and is refused).
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Final
 
 from interpreter.errors import ExpressionError
+from interpreter.limits import MAX_WAIT_SECONDS
 
 __all__ = ["parse_duration", "parse_timestamp"]
 
@@ -49,29 +54,43 @@ def parse_duration(text: str) -> timedelta:
         raise ExpressionError(
             f"duration {_shown(text)} is longer than {_MAX_LITERAL_LENGTH} characters", text
         )
-    expected = "expected an ISO 8601 duration such as 'PT30S', 'PT5M', 'P1DT12H' or 'P2W'"
     try:
-        weeks = _WEEKS.fullmatch(text)
-        if weeks:
-            return timedelta(weeks=int(weeks.group(1)))
-        parts = _DAY_TIME.fullmatch(text)
-        if parts is None or text in ("P", "PT") or text.endswith("T"):
-            if _YEARS_OR_MONTHS.match(text):
-                raise ExpressionError(
-                    f"duration {_shown(text)}: years and months have no fixed length; "
-                    "give days or weeks instead (e.g. 'P30D')",
-                    text,
-                )
-            raise ExpressionError(f"duration {_shown(text)}: {expected}", text)
-        seconds = (parts.group("seconds") or "0").replace(",", ".")
-        return timedelta(
-            days=int(parts.group("days") or 0),
-            hours=int(parts.group("hours") or 0),
-            minutes=int(parts.group("minutes") or 0),
-            seconds=float(seconds),
+        delay = _delay(text)
+    except OverflowError:
+        delay = None  # more than timedelta holds: beyond the maximum in any case
+    if delay is None or delay.total_seconds() > MAX_WAIT_SECONDS:
+        raise ExpressionError(
+            f"duration {_shown(text)} is longer than the maximum of "
+            f"{MAX_WAIT_SECONDS / 86_400:,.0f} days ({MAX_WAIT_SECONDS:,.0f} seconds)",
+            text,
         )
-    except OverflowError as exc:
-        raise ExpressionError(f"duration {_shown(text)} is too long to represent", text) from exc
+    return delay
+
+
+def _delay(text: str) -> timedelta:
+    weeks = _WEEKS.fullmatch(text)
+    if weeks:
+        return timedelta(weeks=int(weeks.group(1)))
+    parts = _DAY_TIME.fullmatch(text)
+    if parts is None or text in ("P", "PT") or text.endswith("T"):
+        if _YEARS_OR_MONTHS.match(text):
+            raise ExpressionError(
+                f"duration {_shown(text)}: years and months have no fixed length; "
+                "give days or weeks instead (e.g. 'P30D')",
+                text,
+            )
+        raise ExpressionError(
+            f"duration {_shown(text)}: expected an ISO 8601 duration such as 'PT30S', 'PT5M', "
+            "'P1DT12H' or 'P2W'",
+            text,
+        )
+    seconds = (parts.group("seconds") or "0").replace(",", ".")
+    return timedelta(
+        days=int(parts.group("days") or 0),
+        hours=int(parts.group("hours") or 0),
+        minutes=int(parts.group("minutes") or 0),
+        seconds=float(seconds),
+    )
 
 
 def parse_timestamp(text: str) -> datetime:
@@ -106,7 +125,7 @@ def parse_timestamp(text: str) -> datetime:
             offset = -offset
     fraction = (found.group("fraction") or "0")[:6].ljust(6, "0")
     try:
-        return datetime(
+        instant = datetime(
             int(found.group("year")),
             int(found.group("month")),
             int(found.group("day")),
@@ -118,3 +137,13 @@ def parse_timestamp(text: str) -> datetime:
         )
     except ValueError as exc:
         raise ExpressionError(f"timestamp {_shown(text)}: {exc}", text) from exc
+    try:
+        # The store keeps instants in UTC, comparisons convert too: both must stay in range.
+        instant.astimezone(UTC)
+    except OverflowError as exc:
+        raise ExpressionError(
+            f"timestamp {_shown(text)} is out of range: in UTC it falls outside the years "
+            "1 to 9999",
+            text,
+        ) from exc
+    return instant

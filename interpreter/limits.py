@@ -9,10 +9,13 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_DOCUMENT_BYTES",
     "MAX_EXPRESSION_LENGTH",
+    "MAX_HINT_LENGTH",
     "MAX_MAP_ITEMS",
     "MAX_REGEX_LENGTH",
     "MAX_RUN_STEPS",
+    "MAX_SHAPE_PROBLEMS",
     "MAX_STATES",
+    "MAX_WAIT_SECONDS",
     "REGEX_TIMEOUT_SECONDS",
 ]
 
@@ -34,3 +37,11 @@ MAX_BRANCH_NESTING: Final = 8
 MAX_MAP_ITEMS: Final = 10_000
 #: Most states one run (or one branch) may enter: bounds the trail, the artifact and replay cost.
 MAX_RUN_STEPS: Final = 10_000
+#: Longest wait, event timeout or task timeout, in seconds (3,650 days): a run's clock plus this
+#: stays a date the engine, the store and Prefect can hold (a ``datetime`` ends at the year 9999).
+MAX_WAIT_SECONDS: Final = 315_360_000.0
+#: Longest name compared for a "did you mean" hint: a typo of a longer name is not worth
+#: ``difflib``'s quadratic cost (250 names of 1,900 characters once took 106 s to validate).
+MAX_HINT_LENGTH: Final = 64
+#: Most problems of a document's shape (unknown members, wrong types) listed, then how many more.
+MAX_SHAPE_PROBLEMS: Final = 1_000

@@ -3,8 +3,9 @@
 Order matters: the byte size is checked before anything else, nesting depth is measured by an
 iterative scan of the raw text (brackets outside strings) before ``json.loads`` ever sees it (the
 stdlib parser recurses and raises ``RecursionError`` around 1,000 levels), then the JSON is parsed
-(duplicate members and NaN/Infinity refused), states are counted, and only then are the models
-built.
+(duplicate members and NaN/Infinity refused), numbers beyond a double (``1e400``) and strings with
+a lone surrogate (``"\\ud800"``, not Unicode text: it cannot be hashed or stored) are refused with
+their pointers, states are counted, and only then are the models built.
 Model errors become ``Problem`` values with JSON pointers into the document as written.
 
 ``read_definition`` returns every problem found; ``load_definition`` raises on the first batch.
@@ -14,18 +15,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import types
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from interpreter.errors import DefinitionParseError, DefinitionTooLargeError
-from interpreter.limits import MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_STATES
+from interpreter.limits import MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_SHAPE_PROBLEMS, MAX_STATES
 from interpreter.models import WorkflowDefinition
-from interpreter.problems import Problem, did_you_mean, pointer
+from interpreter.problems import Hints, Problem, pointer
 
 __all__ = [
     "LoadResult",
@@ -57,6 +60,21 @@ class _RefusedError(Exception):
     def __init__(self, problem: Problem) -> None:
         super().__init__(problem.message)
         self.problem = problem
+
+
+class _NonFinite(float):
+    """A JSON number too large for a double (``1e400``): kept as written until it is reported."""
+
+    text: str
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if math.isfinite(value):
+        return value
+    marked = _NonFinite(value)
+    marked.text = text
+    return marked
 
 
 class _DuplicateKeys(dict[str, Any]):
@@ -131,7 +149,9 @@ def _parse(text: str | bytes) -> Any:
     decoded = _decode(text)
     _check_depth(decoded)
     try:
-        return json.loads(decoded, object_pairs_hook=_object, parse_constant=_refuse_constant)
+        return json.loads(
+            decoded, object_pairs_hook=_object, parse_constant=_refuse_constant, parse_float=_float
+        )
     except json.JSONDecodeError as exc:
         raise _RefusedError(
             Problem(
@@ -144,25 +164,74 @@ def _parse(text: str | bytes) -> Any:
         raise _RefusedError(Problem("invalid-json", "", f"not valid JSON: {exc}")) from exc
 
 
-def _duplicate_problems(document: Any) -> list[Problem]:
-    problems: list[Problem] = []
+def _is_text(value: str) -> bool:
+    """False when ``value`` holds a lone surrogate (JSON allows the escape; UTF-8 does not)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escaped(value: str) -> str:
+    """``value`` printable: lone surrogates written as their escapes."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _shown_text(value: str) -> str:
+    shown = _escaped(value)  # not repr(): it would double the escapes' backslashes
+    return "'" + (shown if len(shown) <= 60 else shown[:57] + "...") + "'"
+
+
+def _content_problems(document: Any) -> tuple[list[Problem], list[Problem]]:
+    """(numbers and strings that are not representable, duplicate members), each in pointer order.
+
+    Pointers are built from printable names: a member name with a lone surrogate is written with
+    its escape."""
+    refused: list[Problem] = []
+    duplicates: list[Problem] = []
     stack: list[tuple[Any, str]] = [(document, "")]
     while stack:
         node, where = stack.pop()
         if isinstance(node, dict):
             if isinstance(node, _DuplicateKeys):
-                problems.extend(
+                duplicates.extend(
                     Problem(
                         "duplicate-key",
-                        where + pointer(key),
-                        f"member {key!r} appears more than once; only the last one would be kept",
+                        where + pointer(_escaped(key)),
+                        f"member {_shown_text(key)} appears more than once; only the last one "
+                        "would be kept",
                     )
                     for key in node.duplicates
                 )
-            stack.extend((value, where + pointer(key)) for key, value in node.items())
+            for key, value in node.items():
+                at = where + pointer(_escaped(key))
+                if not _is_text(key):
+                    refused.append(_not_text(at, key, "member name"))
+                stack.append((value, at))
         elif isinstance(node, list):
             stack.extend((value, where + pointer(i)) for i, value in enumerate(node))
-    return sorted(problems, key=lambda p: p.pointer)
+        elif isinstance(node, _NonFinite):
+            refused.append(
+                Problem(
+                    "invalid-number",
+                    where,
+                    f"{node.text[:40]} is beyond the range of a double; expected a finite number "
+                    "(at most about 1.8e308)",
+                )
+            )
+        elif isinstance(node, str) and not _is_text(node):
+            refused.append(_not_text(where, node, "string"))
+    return sorted(refused, key=lambda p: p.pointer), sorted(duplicates, key=lambda p: p.pointer)
+
+
+def _not_text(where: str, value: str, what: str) -> Problem:
+    return Problem(
+        "invalid-string",
+        where,
+        f"the {what} {_shown_text(value)} holds a lone surrogate, which is not Unicode text; "
+        "expected a surrogate pair or the character itself",
+    )
 
 
 def _count_states(document: Any) -> int:
@@ -196,9 +265,9 @@ def parse_document(text: str | bytes) -> Any:
         document = _parse(text)
     except _RefusedError as refused:
         raise _refuse(refused.problem) from None
-    duplicates = _duplicate_problems(document)
-    if duplicates:
-        raise _refuse(duplicates[0])
+    unreadable, duplicates = _content_problems(document)
+    if unreadable or duplicates:
+        raise _refuse((unreadable + duplicates)[0])
     return document
 
 
@@ -214,11 +283,27 @@ def read_definition(text: str | bytes) -> LoadResult:
             f"the definition has {count} states (branches included); the limit is {MAX_STATES}"
         )
         return LoadResult(None, [Problem("too-many-states", "/states", message)])
-    problems = _duplicate_problems(document)
+    unreadable, problems = _content_problems(document)
+    if unreadable:
+        # The models would repeat these (or, in free-form members, keep them): report them alone.
+        return LoadResult(None, unreadable)
     try:
         definition = WorkflowDefinition.model_validate(document)
     except ValidationError as exc:
-        problems.extend(_problem_from_error(error, document) for error in exc.errors())
+        hint = Hints()  # one budget for every hint of this document
+        errors = exc.errors(include_url=False)
+        problems.extend(
+            _problem_from_error(error, document, hint) for error in errors[:MAX_SHAPE_PROBLEMS]
+        )
+        if len(errors) > MAX_SHAPE_PROBLEMS:
+            problems.append(
+                Problem(
+                    "too-many-problems",
+                    "",
+                    f"{len(errors) - MAX_SHAPE_PROBLEMS:,} more problems of the document's shape "
+                    f"are not listed; fix the first {MAX_SHAPE_PROBLEMS:,} and validate again",
+                )
+            )
         return LoadResult(None, problems)
     return LoadResult(None if problems else definition, problems)
 
@@ -249,7 +334,9 @@ def definition_hash(definition: WorkflowDefinition) -> str:
     """sha256 hex of the canonical JSON (defaults filled, sorted keys; ``$schema`` left out)."""
     data = definition.model_dump(mode="json", by_alias=True, exclude={"schema_"})
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    # A definition built in code (not loaded) may still hold a lone surrogate: hash it rather
+    # than crash; a loaded one never does, so its hash is plain UTF-8.
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 # --- pydantic errors -> problems ---------------------------------------------------------------
@@ -296,8 +383,11 @@ def _strip(tp: Any) -> Any:
             return tp
 
 
-def _member_names_at(loc: tuple[int | str, ...]) -> list[str]:
-    """Member names the model at ``loc`` accepts (empty when ``loc`` is not a model)."""
+@lru_cache(maxsize=256)
+def _member_names_at(loc: tuple[int | str, ...]) -> tuple[str, ...]:
+    """Member names the model at ``loc`` accepts (empty when ``loc`` is not a model).
+
+    Cached: a document with thousands of unknown members in one place asks thousands of times."""
     current: Any = WorkflowDefinition
     for part in loc:
         current = _strip(current)
@@ -306,7 +396,7 @@ def _member_names_at(loc: tuple[int | str, ...]) -> list[str]:
             fields = current.model_fields
             found = [f for n, f in fields.items() if part in (n, f.alias)]
             if not found:
-                return []
+                return ()
             current = found[0].annotation
         elif origin is dict:
             current = get_args(current)[1]
@@ -315,14 +405,14 @@ def _member_names_at(loc: tuple[int | str, ...]) -> list[str]:
         elif origin in (Union, types.UnionType):
             tagged = [m for m in get_args(current) if _tag_matches(m, part)]
             if not tagged:
-                return []
+                return ()
             current = tagged[0]
         else:
-            return []
+            return ()
     current = _strip(current)
     if isinstance(current, type) and issubclass(current, BaseModel):
-        return [f.alias or n for n, f in current.model_fields.items()]
-    return []
+        return tuple(f.alias or n for n, f in current.model_fields.items())
+    return ()
 
 
 def _tag_matches(model: Any, tag: int | str) -> bool:
@@ -343,7 +433,7 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _problem_from_error(error: ErrorDetails, document: Any) -> Problem:
+def _problem_from_error(error: ErrorDetails, document: Any, hint: Hints) -> Problem:
     loc = tuple(error["loc"])
     where = _pointer_for(loc, document)
     kind = error["type"]
@@ -357,7 +447,7 @@ def _problem_from_error(error: ErrorDetails, document: Any) -> Problem:
             "unknown-field",
             where,
             f"unknown member {loc[-1]!r}{expected}",
-            hint=did_you_mean(str(loc[-1]), allowed),
+            hint=hint(str(loc[-1]), allowed),
         )
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         discriminator = str(ctx.get("discriminator", "")).strip("'")
@@ -369,9 +459,7 @@ def _problem_from_error(error: ErrorDetails, document: Any) -> Problem:
             return Problem("missing-field", where, f"required member {discriminator!r} is missing")
         tag = str(ctx.get("tag", ""))
         code = "unknown-state-type" if discriminator == "type" else "unknown-operator"
-        return Problem(
-            code, where, f"unknown {what} {tag!r}{expected}", hint=did_you_mean(tag, tags)
-        )
+        return Problem(code, where, f"unknown {what} {tag!r}{expected}", hint=hint(tag, tags))
     message = error["msg"].removeprefix("Value error, ")
     if kind == "model_type" or kind == "dict_type":
         message = "expected a JSON object"

@@ -22,6 +22,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from interpreter.limits import MAX_WAIT_SECONDS
+
 __all__ = [
     "AndCondition",
     "Branch",
@@ -75,6 +77,8 @@ class _Model(BaseModel):
         alias_generator=to_camel,
         populate_by_name=True,
         serialize_by_alias=True,
+        # NaN and infinity are not JSON: a pinned copy would hold null and not hash to its pin.
+        allow_inf_nan=False,
     )
 
 
@@ -99,7 +103,7 @@ class Metadata(_Model):
 
 
 class Configuration(_Model):
-    default_timeout_seconds: float | None = Field(default=None, gt=0)
+    default_timeout_seconds: float | None = Field(default=None, gt=0, le=MAX_WAIT_SECONDS)
     default_retry: RetryPolicy | None = None
     on_failure: Literal["compensate", "fail"] = Field(
         default="compensate",
@@ -136,7 +140,7 @@ class TaskState(_Transition):
     input: dict[str, Any] = Field(default_factory=dict)
     result_path: str | None = Field(default=None, description="Path under $.state for the output")
     retry: RetryPolicy | None = None
-    timeout_seconds: float | None = Field(default=None, gt=0)
+    timeout_seconds: float | None = Field(default=None, gt=0, le=MAX_WAIT_SECONDS)
     catch: list[CatchRule] = Field(default_factory=list)
     compensate: CompensateSpec | None = None
     idempotency_key: str | None = Field(
@@ -146,7 +150,7 @@ class TaskState(_Transition):
 
 class EventWait(_Model):
     name: str = Field(min_length=1)
-    timeout_seconds: float | None = Field(default=None, gt=0)
+    timeout_seconds: float | None = Field(default=None, gt=0, le=MAX_WAIT_SECONDS)
     timeout_next: str | None = None
     result_path: str | None = None
 
@@ -156,9 +160,14 @@ class WaitState(_Transition):
 
     type: Literal["wait"]
     comment: str | None = None
-    seconds: float | None = Field(default=None, ge=0)
-    duration: str | None = Field(default=None, description="ISO 8601 duration, e.g. PT5M")
-    timestamp: str | None = Field(default=None, description="RFC 3339 literal or a JSONPath")
+    seconds: float | None = Field(default=None, ge=0, le=MAX_WAIT_SECONDS)
+    duration: str | None = Field(
+        default=None, description="ISO 8601 duration, e.g. PT5M; at most 3,650 days"
+    )
+    timestamp: str | None = Field(
+        default=None,
+        description="RFC 3339 literal or a JSONPath; in UTC between years 1 and 9999",
+    )
     event: EventWait | None = None
 
 

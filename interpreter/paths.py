@@ -23,6 +23,8 @@ matches). A path that matches nothing is ``(False, None)``.
 
 from __future__ import annotations
 
+import re
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -30,7 +32,7 @@ from typing import Any, Final
 
 from jsonpath_ng.jsonpath import Child, Fields, Index, Root, Slice, Wildcard
 from jsonpath_ng.lexer import JsonPathLexer
-from jsonpath_ng.parser import parse as parse_jsonpath  # the base parser, never jsonpath_ng.ext
+from jsonpath_ng.parser import JsonPathParser  # the base parser, never jsonpath_ng.ext
 
 from interpreter.errors import ExpressionError, PathNotFoundError
 from interpreter.limits import MAX_DEPTH, MAX_EXPRESSION_LENGTH
@@ -51,6 +53,12 @@ SCOPES: Final = ("input", "state", "system")
 LITERAL_KEY: Final = "$literal"
 PATH_KEY: Final = "$path"
 DEFAULT_KEY: Final = "$default"
+
+# Paths of plain names and non-negative indices, read without the parser (same steps as it gives).
+_SIMPLE: Final = re.compile(r"\$(?:\.[A-Za-z_][A-Za-z0-9_]*|\[[0-9]{1,18}\])+", re.ASCII)
+_SIMPLE_STEP: Final = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[([0-9]+)\]", re.ASCII)
+_RESERVED: Final = frozenset(JsonPathLexer.reserved_words)
+_parsers = threading.local()
 
 # Tokens of the base grammar that this module does not allow, with the reason shown to the author.
 _REFUSED_TOKENS: Final = {
@@ -148,14 +156,16 @@ def compile_path(expr: str) -> CompiledPath:
 def _compile(expr: str) -> CompiledPath:
     if not is_path(expr):
         raise _refuse(expr, "expected a path rooted at '$' (such as '$.input.name')")
-    _check_tokens(expr)
-    try:
-        tree = parse_jsonpath(expr)
-    # The parser raises its own errors, but also TypeError/IndexError on odd token sequences and
-    # RecursionError on deep input: any of them means "does not parse".
-    except Exception as exc:
-        raise _refuse(expr, f"syntax error ({exc})") from exc
-    steps = _flatten(expr, tree)
+    steps = _simple_steps(expr)
+    if steps is None:
+        tokens = _check_tokens(expr)
+        try:
+            tree = _parser().parse_token_stream(iter(tokens))
+        # The parser raises its own errors, but also TypeError/IndexError on odd token sequences
+        # and RecursionError on deep input: any of them means "does not parse".
+        except Exception as exc:
+            raise _refuse(expr, f"syntax error ({exc})") from exc
+        steps = _flatten(expr, tree)
     if steps:
         first = steps[0]
         if not (isinstance(first, _Names) and len(first.names) == 1 and first.names[0] in SCOPES):
@@ -166,20 +176,44 @@ def _compile(expr: str) -> CompiledPath:
     return CompiledPath(expr, tuple(steps))
 
 
-def _check_tokens(expr: str) -> None:
-    """Refuse the base grammar's constructs we do not allow before the parser sees them.
+def _simple_steps(expr: str) -> list[_Step] | None:
+    """The steps of a path made of plain names and indices only (``$.input.a[0].b``), read
+    without the parser (about a millisecond per path: a definition full of paths would take
+    tens of seconds to validate); None for anything else, which the parser reads."""
+    if _SIMPLE.fullmatch(expr) is None:
+        return None
+    steps: list[_Step] = []
+    for name, index in _SIMPLE_STEP.findall(expr):
+        if name in _RESERVED:
+            return None  # 'where' and 'wherenot' are filter keywords: the parser's refusal says so
+        steps.append(_Names((name,)) if name else _Indices((int(index),)))
+    return steps
+
+
+def _parser() -> JsonPathParser:
+    """This thread's parser: building one costs as much as parsing, and a parser is not safe to
+    share between threads."""
+    parser: JsonPathParser | None = getattr(_parsers, "parser", None)
+    if parser is None:
+        parser = _parsers.parser = JsonPathParser()
+    return parser
+
+
+def _check_tokens(expr: str) -> list[Any]:
+    """The tokens of ``expr``; refuse the base grammar's constructs we do not allow before the
+    parser sees them.
 
     Checking tokens (not the parsed tree) keeps jsonpath-ng from warning about deprecated syntax.
     """
     try:
-        for token in JsonPathLexer().tokenize(expr):
-            reason = _REFUSED_TOKENS.get(token.type)
-            if reason is not None:
-                raise _refuse(expr, reason)
-    except ExpressionError:
-        raise
+        tokens = list(JsonPathLexer().tokenize(expr))
     except Exception as exc:
         raise _refuse(expr, f"syntax error ({exc})") from exc
+    for token in tokens:
+        reason = _REFUSED_TOKENS.get(token.type)
+        if reason is not None:
+            raise _refuse(expr, reason)
+    return tokens
 
 
 def _flatten(expr: str, tree: object) -> list[_Step]:

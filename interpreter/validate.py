@@ -39,7 +39,8 @@ from interpreter.models import (
     WaitState,
     WorkflowDefinition,
 )
-from interpreter.problems import Problem, did_you_mean, pointer
+from interpreter.problems import Problem, listed, pointer
+from interpreter.run_input import check_input_schema
 
 __all__ = ["Scope", "edges", "is_terminal", "require_valid", "scopes", "validate"]
 
@@ -124,6 +125,8 @@ class _Validator:
         self.scopes = list(scopes(definition))
         # state pointers whose own transitions are already reported (no-terminal noise suppressed)
         self.broken: set[str] = set()
+        # each scope's state names as a message lists them, made once per scope, not per problem
+        self.names: dict[str, str] = {}
 
     def run(self) -> list[Problem]:
         total = sum(len(scope.states) for scope in self.scopes)
@@ -139,6 +142,8 @@ class _Validator:
         for scope in self.scopes:
             self._scope(scope)
         self._compensations()
+        if self.definition.input is not None:
+            self.report.problems.extend(check_input_schema(self.definition.input))
         return self.report.problems
 
     # --- one scope ------------------------------------------------------------------------------
@@ -161,14 +166,19 @@ class _Validator:
                 "unknown-target",
                 scope.where + pointer("startAt"),
                 f"startAt names {scope.start_at!r}, which is not a state here; "
-                f"expected one of: {', '.join(names)}",
-                hint=did_you_mean(scope.start_at, names),
+                f"expected one of: {self._listed(scope)}",
+                hint=self.report.hint(scope.start_at, names),
             )
         for name, state in scope.states.items():
             at = scope.where + pointer("states", name)
             self._transitions(scope, name, state, at)
             self._contents(scope, name, state, at)
         self._graph(scope)
+
+    def _listed(self, scope: Scope) -> str:
+        if scope.where not in self.names:
+            self.names[scope.where] = listed(scope.states)
+        return self.names[scope.where]
 
     def _transitions(self, scope: Scope, name: str, state: State, at: str) -> None:
         if isinstance(state, TaskState | WaitState | ParallelState | MapState):
@@ -196,8 +206,8 @@ class _Validator:
                     at + pointer(*parts),
                     f"{'/'.join(map(str, parts))} of {name!r} names {target!r}, which is not a "
                     f"state{where}; "
-                    f"expected one of: {', '.join(scope.states)}",
-                    hint=did_you_mean(target, scope.states),
+                    f"expected one of: {self._listed(scope)}",
+                    hint=self.report.hint(target, scope.states),
                 )
 
     def _contents(self, scope: Scope, name: str, state: State, at: str) -> None:
@@ -327,7 +337,7 @@ class _Validator:
                         where,
                         f"the compensation names {target!r}: {kind}; expected a task with "
                         "compensate",
-                        hint=did_you_mean(target, tasks),
+                        hint=self.report.hint(target, tasks),
                     )
                 elif len(found) > 1:
                     places = ", ".join(repr(s.label or "top level") for s, _ in found)
