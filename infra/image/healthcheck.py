@@ -26,8 +26,8 @@ def _target(argv: list[str]) -> str | None:
     return None
 
 
-def main() -> int:
-    argv = Path("/proc/1/cmdline").read_bytes().split(b"\0")
+def main(cmdline: Path = Path("/proc/1/cmdline")) -> int:
+    argv = cmdline.read_bytes().split(b"\0")
     url = _target([a.decode(errors="replace") for a in argv if a])
     if url is None:
         return 0
