@@ -67,7 +67,7 @@ class RouteAction(enum.StrEnum):
     BUSY = "busy"  # a run is busy; the event waits in the store
     DEFERRED = "deferred"  # Prefect could not be reached; the outbox will finish the job
     REFUSED = "refused"  # the event was not stored (overflow), so nothing was routed
-    REJECTED = "rejected"  # the workflow's definition is missing or invalid: nothing was started
+    REJECTED = "rejected"  # definition missing or invalid, or input breaks its schema: no start
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,10 +159,13 @@ class RunLedger(Protocol):
 
 class DefinitionPin(Protocol):
     """Pins the workflow's current definition by content hash (``flows.definitions``'s
-    ``DefinitionPinner``): raises ``UnknownWorkflowError`` (missing or invalid: final) or
+    ``DefinitionPinner``): raises ``UnknownWorkflowError`` (missing or invalid: final),
+    ``RunInputError`` (``run_input`` breaks the definition's input schema: final) or
     ``DefinitionsUnavailableError`` (the source is down: try again later)."""
 
-    async def pin(self, workflow: str, version: str | None) -> str: ...
+    async def pin(
+        self, workflow: str, version: str | None, *, run_input: dict[str, Any] | None = None
+    ) -> str: ...
 
 
 def _started_something(result: RouteResult) -> bool:
@@ -309,21 +312,35 @@ class Router:
             "runKey": run_key_for(event),
         }
 
-    async def _pin(self) -> str | None:
-        """The pinned definition's hash (None without ``definitions``); raises
-        ``UnknownWorkflowError`` or ``DefinitionsUnavailableError``."""
+    async def _pin(self, event: IncomingEvent) -> str | None:
+        """The pinned definition's hash (None without ``definitions``), the event's run input
+        checked against its input schema; raises ``UnknownWorkflowError``, ``RunInputError`` or
+        ``DefinitionsUnavailableError``."""
         if self._definitions is None:
             return None
-        return await self._definitions.pin(self.workflow, self.workflow_version)
+        run_input = self.start_request(event)["parameters"]["input"]
+        return await self._definitions.pin(
+            self.workflow, self.workflow_version, run_input=run_input
+        )
 
     async def _start(self, event: IncomingEvent, recorded: RecordStatus) -> RouteResult:
-        from flows.definitions import UnknownWorkflowError
+        from flows.definitions import RunInputError, UnknownWorkflowError
 
         run_key = run_key_for(event)
         try:
             # DefinitionsUnavailableError propagates: the transport redelivers the event later
             # (it is recorded already; nothing was claimed, so nothing is half done).
-            digest = await self._pin()
+            digest = await self._pin(event)
+        except RunInputError as exc:
+            log.error(
+                "device=%s event=%s workflow=%s: no run started, the event breaks the "
+                "definition's input schema: %s",
+                event.device_id,
+                event.event_id,
+                self.workflow,
+                exc,
+            )
+            return self._result(event, recorded, RouteAction.REJECTED, detail=str(exc))
         except UnknownWorkflowError as exc:
             log.error(
                 "device=%s event=%s workflow=%s: no run started, the definition is missing or "

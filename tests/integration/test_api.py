@@ -394,3 +394,39 @@ def test_raw_socket_lying_content_length_is_refused(api: str) -> None:
         )
         reply = sock.recv(4096)
     assert reply.startswith(b"HTTP/1.1 413")
+
+
+def test_a_start_whose_input_breaks_the_input_schema_is_422_naming_the_pointer(
+    http: httpx.Client, workdir: Path
+) -> None:
+    schema = {
+        "type": "object",
+        "required": ["deviceId"],
+        "properties": {"deviceId": {"type": "string"}, "retries": {"type": "integer"}},
+    }
+    definition = {
+        "name": "schema-probe",
+        "version": "1",
+        "input": schema,
+        "startAt": "Done",
+        "states": {"Done": {"type": "succeed"}},
+    }
+    path = workdir / "definitions" / "schema-probe.json"
+    path.write_text(json.dumps(definition), encoding="utf-8")
+    instance = f"schema-{uuid.uuid4().hex[:8]}"
+    body = {"workflowType": "schema-probe", "instanceId": instance}
+    refused = http.post("/workflows", json={**body, "input": {"deviceId": "d", "retries": "x"}})
+    assert refused.status_code == 422, refused.text
+    [error] = refused.json()["detail"]
+    assert error["loc"] == ["body", "input", "retries"]
+    assert error["msg"].startswith("input /retries: 'x' is not of type 'integer'")
+    assert http.get(f"/workflows/{instance}").status_code == 404  # nothing was started
+    started = http.post("/workflows", json={**body, "input": {"deviceId": "d", "retries": 2}})
+    assert started.status_code == 202, started.text
+    # A definition whose input schema is itself broken starts nothing either.
+    path.write_text(json.dumps({**definition, "input": {"type": "objekt"}}), encoding="utf-8")
+    broken = http.post("/workflows", json={"workflowType": "schema-probe", "input": {}})
+    assert broken.status_code == 422, broken.text
+    [error] = broken.json()["detail"]
+    assert error["loc"] == ["body", "workflowType"]
+    assert "/input/type" in error["msg"]

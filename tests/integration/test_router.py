@@ -585,3 +585,41 @@ def timedelta_minutes(minutes: float) -> Any:
     from datetime import timedelta
 
     return timedelta(minutes=minutes)
+
+
+async def test_an_event_that_breaks_the_input_schema_starts_nothing_and_is_dead_lettered(
+    app_db_url: str, idle_deployment: str, tmp_path: Path
+) -> None:
+    """The run's input (``{"event": ...}``) is checked against the definition's input schema
+    before the device is claimed: a start that breaks it is rejected with the pointer, final."""
+    from flows.definitions import DefinitionPinner
+    from tasks.builtin.definitions import DirectorySource
+
+    payload_schema = {"type": "object", "required": ["firmware"]}
+    definition = {
+        "name": "probe",
+        "version": "1",
+        "input": {
+            "type": "object",
+            "properties": {"event": {"type": "object", "properties": {"payload": payload_schema}}},
+        },
+        "startAt": "Done",
+        "states": {"Done": {"type": "succeed"}},
+    }
+    (tmp_path / "defs").mkdir()
+    (tmp_path / "defs" / "probe.json").write_text(json.dumps(definition))
+    pinner = DefinitionPinner(DirectorySource(tmp_path / "defs"), tmp_path / "pinned")
+    dev = device()
+    async with runtime(app_db_url, idle_deployment, definitions=pinner) as rt:
+        outcome = await rt.local.send(dev, "hello", {"other": 1}, event_id="e1")
+        assert outcome.disposition is Disposition.DEAD_LETTER
+        assert outcome.result is not None and outcome.result.action is RouteAction.REJECTED
+        assert "/event/payload" in outcome.description
+        assert "'firmware' is a required property" in outcome.description
+        assert await rt.ledger.current(dev) is None
+        assert await rt.ledger.outstanding(dev) == []
+        assert await device_runs(dev) == []
+        # The same device's next event that satisfies the schema starts its run.
+        good = await rt.local.send(dev, "hello", {"firmware": "2.1.0"}, event_id="e2")
+        assert good.result is not None and good.result.action is RouteAction.STARTED
+    assert len(await device_runs(dev)) == 1
