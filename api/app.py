@@ -96,6 +96,9 @@ def create_app(settings: ApiSettings | None = None, *, database_url: str | None 
                 max_message_bytes=settings.max_body_bytes,
                 definitions=definitions,
             ) as runtime,
+            # Starts and resumes this API deferred while Prefect was down are finished here,
+            # not only by a listener (which may not run at all).
+            runtime.reconciler.running(interval=ingress_settings.reconcile_interval),
         ):
             app.state.service = WorkflowService(
                 control,

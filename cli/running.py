@@ -422,12 +422,27 @@ async def _worker(concurrency: int, deployment: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop, sig.name)
     try:
-        await executor.run()
+        # Beside the runs: the outbox reconciler (starts and resumes deferred by any ingress
+        # while Prefect was down), so no device waits for a listener to come up.
+        async with _reconciling():
+            await executor.run()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await runtime.reset()
     typer.echo(f"stopped: {executor.stats.as_dict()}")
+
+
+def _reconciling() -> contextlib.AbstractAsyncContextManager[object]:
+    """The ingress reconciler on ``ORCH_DB_URL`` and ``ORCH_INGRESS_*``, with a small pool."""
+    from listeners.local import reconciling
+    from listeners.settings import IngressSettings
+    from store.settings import DatabaseSettings
+
+    database = DatabaseSettings().model_copy(update={"pool_size": 2, "max_overflow": 2})
+    return reconciling(
+        database_url=database.url, settings=IngressSettings(), database_settings=database
+    )
 
 
 # --- demo --------------------------------------------------------------------------------------

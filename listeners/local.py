@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from store.runs import DeviceRunStore
     from store.settings import DatabaseSettings
 
-__all__ = ["IngressRuntime", "LocalIngress", "event_message", "open_ingress"]
+__all__ = ["IngressRuntime", "LocalIngress", "event_message", "open_ingress", "reconciling"]
 
 
 def event_message(
@@ -143,3 +143,22 @@ async def open_ingress(
             events=events,
             control=control,
         )
+
+
+@asynccontextmanager
+async def reconciling(
+    *,
+    database_url: str | None,
+    settings: IngressSettings,
+    database_settings: DatabaseSettings | None = None,
+) -> AsyncIterator[IngressRuntime]:
+    """The outbox reconciler in the background for the block's duration, for a process that
+    takes no events itself (``orchestration worker``): starts and resumes deferred by any
+    ingress (``send-event``, the API, the listener) are finished even where no listener runs."""
+    async with (
+        open_ingress(
+            database_url=database_url, settings=settings, database_settings=database_settings
+        ) as runtime,
+        runtime.reconciler.running(interval=settings.reconcile_interval),
+    ):
+        yield runtime

@@ -1,6 +1,9 @@
 """The reconciler: finish what the router could not, and notice runs that ended without telling.
 
-Two duties, one loop (``Reconciler.run``), each pass bounded:
+Two duties, one loop (``Reconciler.run``; ``Reconciler.running`` runs it in the background),
+each pass bounded. It runs in every long-lived process: the Service Bus listener, the management
+API and ``orchestration worker`` (``orchestration send-event`` is short-lived: what it deferred
+is left to them).
 
 1. The route outbox. A start claimed by the router but not confirmed by Prefect (Prefect down, the
    process died between claim and create) is created again with the same idempotency key, so it
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -35,6 +39,8 @@ __all__ = ["ReconcileReport", "Reconciler", "RunNotReadyError", "WaitIndex"]
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 60.0
+#: How long ``Reconciler.running`` lets a pass in progress finish when its block ends.
+STOP_SECONDS = 15.0
 
 
 class WaitIndex(Protocol):
@@ -91,6 +97,24 @@ class Reconciler:
         # Where the sweep goes on: (updated_at, device_id) of the last run it checked, None to
         # begin again from the least recently updated run (after a page shorter than a batch).
         self._sweep_after: tuple[datetime, str] | None = None
+
+    @contextlib.asynccontextmanager
+    async def running(self, *, interval: float) -> AsyncIterator[None]:
+        """Reconcile in the background for the block's duration (the worker, the API).
+
+        Every process that takes events in or executes runs does this, so a start or resume
+        deferred while Prefect was down is finished wherever the process lives: the outbox is
+        leased per entry, so several reconcilers share it without doing an entry twice."""
+        stop = asyncio.Event()
+        loop = asyncio.create_task(self.run(stop, interval=interval), name="reconciler")
+        try:
+            yield
+        finally:
+            stop.set()
+            try:
+                await asyncio.wait_for(loop, timeout=STOP_SECONDS)
+            except TimeoutError:
+                log.warning("reconciler pass still busy after %.0fs; cancelled", STOP_SECONDS)
 
     async def run(self, stop: asyncio.Event, *, interval: float) -> None:
         """Pass after pass until ``stop``; a failing pass is logged and retried next interval."""
