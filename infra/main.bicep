@@ -279,7 +279,7 @@ module keyVault 'modules/keyvault.bicep' = {
   }
 }
 
-module environment 'modules/environment.bicep' = {
+module appsEnvironment 'modules/environment.bicep' = {
   name: 'environment'
   params: {
     location: location
@@ -308,7 +308,7 @@ module aciWorkerRole 'modules/aciWorkerRole.bicep' = {
 
 // --- Environment of each process -----------------------------------------------------------
 var prefectServerName = 'ca-${prefix}-prefect'
-var prefectApiUrl = 'https://${prefectServerName}.${environment.outputs.defaultDomain}/api'
+var prefectApiUrl = 'https://${prefectServerName}.${appsEnvironment.outputs.defaultDomain}/api'
 
 var prefectClientEnv = [
   {
@@ -594,9 +594,9 @@ module prefectServerApp 'modules/containerApp.bicep' = if (deployApps) {
     name: prefectServerName
     location: location
     tags: tags
-    environmentId: environment.outputs.environmentId
+    environmentId: appsEnvironment.outputs.environmentId
     image: image
-    registryServer: environment.outputs.registryServer
+    registryServer: appsEnvironment.outputs.registryServer
     identityId: prefectServerIdentity.id
     command: [
       'prefect'
@@ -626,9 +626,9 @@ module executorApp 'modules/containerApp.bicep' = if (deployApps) {
     name: 'ca-${prefix}-executor'
     location: location
     tags: tags
-    environmentId: environment.outputs.environmentId
+    environmentId: appsEnvironment.outputs.environmentId
     image: image
-    registryServer: environment.outputs.registryServer
+    registryServer: appsEnvironment.outputs.registryServer
     identityId: executorIdentity.id
     command: [
       'orchestration'
@@ -654,9 +654,9 @@ module listenerApp 'modules/containerApp.bicep' = if (deployApps) {
     name: 'ca-${prefix}-listener'
     location: location
     tags: tags
-    environmentId: environment.outputs.environmentId
+    environmentId: appsEnvironment.outputs.environmentId
     image: image
-    registryServer: environment.outputs.registryServer
+    registryServer: appsEnvironment.outputs.registryServer
     identityId: listenerIdentity.id
     command: [
       'orchestration'
@@ -692,9 +692,9 @@ module apiApp 'modules/containerApp.bicep' = if (deployApps) {
     name: 'ca-${prefix}-api'
     location: location
     tags: tags
-    environmentId: environment.outputs.environmentId
+    environmentId: appsEnvironment.outputs.environmentId
     image: image
-    registryServer: environment.outputs.registryServer
+    registryServer: appsEnvironment.outputs.registryServer
     identityId: apiIdentity.id
     command: [
       'orchestration'
@@ -729,9 +729,9 @@ module prefectWorkerApp 'modules/containerApp.bicep' = if (deployApps) {
     name: 'ca-${prefix}-prefect-worker'
     location: location
     tags: tags
-    environmentId: environment.outputs.environmentId
+    environmentId: appsEnvironment.outputs.environmentId
     image: image
-    registryServer: environment.outputs.registryServer
+    registryServer: appsEnvironment.outputs.registryServer
     identityId: prefectWorkerIdentity.id
     command: [
       'prefect'
@@ -760,9 +760,9 @@ module deadLettersJob 'modules/containerJob.bicep' = if (deployApps) {
     name: 'caj-${prefix}-dead-letters'
     location: location
     tags: tags
-    environmentId: environment.outputs.environmentId
+    environmentId: appsEnvironment.outputs.environmentId
     image: image
-    registryServer: environment.outputs.registryServer
+    registryServer: appsEnvironment.outputs.registryServer
     identityId: jobsIdentity.id
     command: [
       'orchestration'
@@ -790,9 +790,9 @@ module migrateJob 'modules/containerJob.bicep' = if (deployApps) {
     name: 'caj-${prefix}-migrate'
     location: location
     tags: tags
-    environmentId: environment.outputs.environmentId
+    environmentId: appsEnvironment.outputs.environmentId
     image: image
-    registryServer: environment.outputs.registryServer
+    registryServer: appsEnvironment.outputs.registryServer
     identityId: jobsIdentity.id
     command: [
       'orchestration'
@@ -812,8 +812,8 @@ module migrateJob 'modules/containerJob.bicep' = if (deployApps) {
   ]
 }
 
-output registryServer string = environment.outputs.registryServer
-output registryName string = environment.outputs.registryName
+output registryServer string = appsEnvironment.outputs.registryServer
+output registryName string = appsEnvironment.outputs.registryName
 output prefectApiUrl string = prefectApiUrl
 output apiUrl string = deployApps ? 'https://${apiApp.outputs.fqdn}' : ''
 output storageAccount string = storage.outputs.accountName
