@@ -41,10 +41,10 @@ class Trial:
         self.expect.add(device, event_id)
         await self.send.event(device, "device.hello", event_id, **payload)
 
-    async def episode_end(self, device: str) -> None:
+    async def episode_end(self, device: str, **payload: Any) -> None:
         event_id = f"ready-{uuid.uuid4().hex[:8]}"
         self.expect.add(device, event_id)
-        await self.send.event(device, "device.ready", event_id)
+        await self.send.event(device, "device.ready", event_id, **payload)
 
     def fault(self) -> None:
         """Mark the moment the (last) fault was injected: healing is timed from here."""
