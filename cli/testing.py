@@ -19,6 +19,8 @@ from cli.output import EXIT_FAILURE, OutputFormat, OutputOption, emit_json, fail
 from interpreter.errors import AuthoringError
 from interpreter.limits import MAX_DOCUMENT_BYTES
 from interpreter.loader import definition_hash, load_definition
+from interpreter.models import WorkflowDefinition
+from interpreter.run_input import check_run_input
 from interpreter.simulate import MAX_STEPS, Mocks, SimulationResult, simulate
 from interpreter.validate import require_valid
 
@@ -47,6 +49,15 @@ def _load_mocks(path: Path) -> Mocks:
             f"/{'/'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
         )
         fail(f"mocks file {path} is not valid: {details}")
+
+
+def _require_input_fits(path: Path, definition: WorkflowDefinition, mocks: Mocks) -> None:
+    """The mocked input must satisfy the definition's input schema, as a real run's must."""
+    problems = check_run_input(definition, mocks.input)
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        fail(f"{path}: the mocked input {first.pointer or '/'}: {first.message}{more}")
 
 
 def result_to_dict(result: SimulationResult) -> dict[str, Any]:
@@ -132,6 +143,7 @@ def dry_run_command(
     try:
         definition = load_definition(_read_bytes(definition_file, "definition"))
         require_valid(definition)
+        _require_input_fits(definition_file, definition, mock_data)
         result = simulate(
             definition, mock_data, definition_hash=definition_hash(definition), max_steps=max_steps
         )

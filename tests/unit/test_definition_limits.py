@@ -266,3 +266,51 @@ def test_a_null_literal_survives_pinning() -> None:
     first = pinned["states"]["C"]["choices"][0]["condition"]
     assert "value" in first and first["value"] is None
     assert validate(load_definition(pinned_text(load_definition(text)))) == []
+
+
+# --- the commands that crashed ----------------------------------------------------------------
+
+
+def _cli() -> Any:
+    import typer
+
+    from cli.authoring import register as authoring
+    from cli.testing import register as testing
+
+    app = typer.Typer()
+    authoring(app)
+    testing(app)
+    return app
+
+
+SURROGATE = '{"name": "t", "version": "1", "startAt": "A", "states": {"A": {"type": "succeed", "output": {"x": "\\ud800"}}}}'  # noqa: E501
+
+
+@pytest.mark.parametrize("command", ["validate", "explain", "test"])
+def test_the_commands_report_a_lone_surrogate_instead_of_crashing(
+    command: str, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    path = tmp_path / "wf.json"
+    path.write_text(SURROGATE)
+    mocks = tmp_path / "mocks.json"
+    mocks.write_text("{}")
+    extra = ["--mocks", str(mocks)] if command == "test" else []
+    result = CliRunner().invoke(_cli(), [command, str(path), *extra])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "/states/A/output/x" in result.output or "lone surrogate" in result.output
+
+
+def test_orchestration_test_refuses_a_wait_it_cannot_represent(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    path = tmp_path / "wf.json"
+    path.write_text(doc({"W": wait(seconds=TOO_LONG), "Done": S}, "W"))
+    mocks = tmp_path / "mocks.json"
+    mocks.write_text("{}")
+    result = CliRunner().invoke(_cli(), ["test", str(path), "--mocks", str(mocks)])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "/states/W/seconds" in result.output

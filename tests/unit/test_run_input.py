@@ -195,3 +195,24 @@ def test_orchestration_run_refuses_an_input_that_breaks_the_schema(tmp_path: Pat
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1
     assert "/deviceId" in lines[0] and "7 is not of type 'string'" in lines[0]
+
+
+def test_orchestration_test_refuses_mocked_input_that_breaks_the_schema(tmp_path: Path) -> None:
+    from cli.testing import register
+
+    app = typer.Typer()
+    register(app)
+
+    @app.command("other")
+    def other() -> None:  # a second command keeps typer from collapsing the app into one command
+        """Unused."""
+
+    path = tmp_path / "wf.json"
+    path.write_text(definition_text(SCHEMA))
+    mocks = tmp_path / "mocks.json"
+    mocks.write_text(json.dumps({"input": {"deviceId": "d", "retries": 9}}))
+    result = CliRunner().invoke(app, ["test", str(path), "--mocks", str(mocks)])
+    assert result.exit_code == 1, result.output
+    assert "/retries" in result.output and "greater than the maximum of 5" in result.output
+    mocks.write_text(json.dumps({"input": {"deviceId": "d", "retries": 2}}))
+    assert CliRunner().invoke(app, ["test", str(path), "--mocks", str(mocks)]).exit_code == 0
