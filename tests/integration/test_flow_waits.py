@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 import uuid
 
 import pytest
@@ -95,6 +96,39 @@ async def test_suspend_and_resume_at_every_wait_runs_each_activity_once(
         assert await flow_system.effects(name) == 1, name
     history = await flow_system.history(run_id)
     assert history.count("Suspended") == 4, history
+    # Four replays, and the run's task runs are still its seven activities, once each: no
+    # bookkeeping task runs, none for a replayed step (the journal answers a replay).
+    activities = [
+        "Both/0/BranchTask",
+        "Both/1/OtherTask",
+        "Step1",
+        "Step2",
+        "Step3",
+        "Step4",
+        "Step5",
+    ]
+    assert await _task_run_names(run_id, set(activities)) == activities
+
+
+async def _task_run_names(run_id: uuid.UUID, expected: set[str]) -> list[str]:
+    """The run's task-run names, sorted, once every name in ``expected`` has ended (task-run
+    states arrive as events, a little after the flow run's)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    end = time.monotonic() + 30
+    names: list[str] = []
+    async with get_client() as client:
+        while time.monotonic() < end:
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+            )
+            names = sorted(str(r.name) for r in runs)
+            ended = {str(r.name) for r in runs if r.state is not None and r.state.is_final()}
+            if expected <= ended:
+                return names
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"task runs {sorted(expected)} not all ended within 30s: {names}")
 
 
 @pytest.mark.parametrize("by_hash", [True, False], ids=["pinned-by-hash", "cached-task"])
