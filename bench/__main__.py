@@ -10,7 +10,7 @@
   subprocess (a new Python process per run, what Prefect's stock workers do).
 - suspended: N runs suspend at an event wait; prints what one suspended run holds (executor tasks
   in flight, process memory), the resume latency (event recorded -> the run leaves Paused, its
-  claim task completes, the run completes) and how many suspended runs per second are resumed
+  event is claimed, the run completes) and how many suspended runs per second are resumed
   and completed.
 """
 
