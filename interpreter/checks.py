@@ -13,7 +13,7 @@ from typing import Any
 from interpreter.conditions import compile_condition, compile_regex
 from interpreter.durations import parse_duration, parse_timestamp
 from interpreter.errors import ExpressionError
-from interpreter.limits import MAX_EXPRESSION_LENGTH
+from interpreter.limits import MAX_EXPRESSION_LENGTH, MAX_PARSED_PATHS
 from interpreter.models import (
     TYPE_NAMES,
     CatchRule,
@@ -23,7 +23,7 @@ from interpreter.models import (
     RetryPolicy,
     WaitState,
 )
-from interpreter.paths import assign, compile_path, is_path
+from interpreter.paths import assign, compile_path, is_path, is_plain_path
 from interpreter.problems import Hints, Problem, Severity, pointer
 from interpreter.retry import WILDCARDS, matches_error
 
@@ -52,6 +52,23 @@ class Report:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
         self.hint = Hints()
+        self.parsed = 0  # paths that needed jsonpath-ng's parser so far
+
+    def over_parse_budget(self, expr: str, where: str) -> bool:
+        """Count a path the parser must read; past ``MAX_PARSED_PATHS``, report it once and say
+        so (the rest are not compiled: validation stays fast whatever the document holds)."""
+        if is_plain_path(expr):
+            return False
+        self.parsed += 1
+        if self.parsed == MAX_PARSED_PATHS + 1:
+            self.add(
+                "too-many-paths",
+                where,
+                f"more than {MAX_PARSED_PATHS:,} paths beyond plain names and indices (such as "
+                "$['a'], [*], slices or lists); the limit is "
+                f"{MAX_PARSED_PATHS:,}: write plain paths like $.input.a[0].b",
+            )
+        return self.parsed > MAX_PARSED_PATHS
 
     def add(
         self,
@@ -81,7 +98,7 @@ def _too_long(report: Report, expr: str, where: str) -> bool:
 
 def check_path(report: Report, expr: str, where: str) -> None:
     """A JSONPath read expression (``$.input...``, ``$.state...``, ``$.system...``)."""
-    if _too_long(report, expr, where):
+    if _too_long(report, expr, where) or report.over_parse_budget(expr, where):
         return
     try:
         compile_path(expr)
@@ -95,7 +112,7 @@ def check_path(report: Report, expr: str, where: str) -> None:
 
 def check_result_path(report: Report, expr: str, where: str) -> None:
     """A path the engine writes to: ``$.state.<field>[.<field>...]``."""
-    if _too_long(report, expr, where):
+    if _too_long(report, expr, where) or report.over_parse_budget(expr, where):
         return
     try:
         assign({}, expr, None)
@@ -317,7 +334,7 @@ def check_condition(report: Report, condition: Condition, where: str) -> None:
                 (c, at + pointer("conditions", i))
                 for i, c in reversed(list(enumerate(cond.conditions)))
             )
-    if len(report.problems) > before:
+    if len(report.problems) > before or report.parsed > MAX_PARSED_PATHS:
         return
     try:
         compile_condition(condition)

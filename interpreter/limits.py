@@ -11,6 +11,7 @@ __all__ = [
     "MAX_EXPRESSION_LENGTH",
     "MAX_HINT_LENGTH",
     "MAX_MAP_ITEMS",
+    "MAX_PARSED_PATHS",
     "MAX_REGEX_LENGTH",
     "MAX_RUN_STEPS",
     "MAX_SHAPE_PROBLEMS",
@@ -45,3 +46,6 @@ MAX_WAIT_SECONDS: Final = 315_360_000.0
 MAX_HINT_LENGTH: Final = 64
 #: Most problems of a document's shape (unknown members, wrong types) listed, then how many more.
 MAX_SHAPE_PROBLEMS: Final = 1_000
+#: Most paths in one definition beyond plain names and indices (``$['a'][*]``, slices, lists):
+#: jsonpath-ng's parser takes about half a millisecond for each, plain paths are read directly.
+MAX_PARSED_PATHS: Final = 2_000

@@ -214,3 +214,21 @@ def test_assign_then_resolve_gets_the_value_back(
     assert repr(state) == before
     assert resolve(path, {"state": updated}) == (True, value)
     assert resolve_template({"$path": path}, {"state": updated}) == value
+
+
+_NAME = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,6}", fullmatch=True).filter(
+    lambda n: n not in ("where", "wherenot")
+)
+_STEP = st.one_of(_NAME.map(lambda n: f".{n}"), st.integers(0, 10**6).map(lambda i: f"[{i}]"))
+
+
+@given(st.sampled_from(["input", "state", "system"]), st.lists(_STEP, max_size=6))
+def test_plain_paths_read_without_the_parser_give_the_parsers_steps(
+    scope: str, steps: list[str]
+) -> None:
+    from jsonpath_ng.parser import parse
+
+    from interpreter.paths import _flatten, _simple_steps
+
+    expr = f"$.{scope}" + "".join(steps)
+    assert _simple_steps(expr) == _flatten(expr, parse(expr))

@@ -314,3 +314,37 @@ def test_orchestration_test_refuses_a_wait_it_cannot_represent(tmp_path: Path) -
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "/states/W/seconds" in result.output
+
+
+# --- paths: plain ones skip the parser, the others are bounded --------------------------------
+
+
+def test_paths_beyond_plain_names_and_indices_are_bounded() -> None:
+    from interpreter.limits import MAX_PARSED_PATHS
+
+    def text(count: int) -> str:
+        template = {f"k{i}": f"$['input']['a{i}'][*]" for i in range(count)}
+        template["plain"] = "$.input.a[0].b"
+        return doc(
+            {"A": {"type": "task", "activity": "notify.send", "input": template, "end": True}}
+        )
+
+    assert errors_of(text(MAX_PARSED_PATHS)) == []
+    last = f"/states/A/input/k{MAX_PARSED_PATHS}"
+    assert errors_of(text(MAX_PARSED_PATHS + 5)) == [("too-many-paths", last)]
+
+
+@pytest.mark.parametrize(
+    "expr",
+    ["$.input", "$.input.a[0].b", "$.state.x_1[12][0]", "$.system.runId", "$.input.where"],
+)
+def test_a_plain_path_compiles_to_the_steps_the_parser_gives(expr: str) -> None:
+    from jsonpath_ng.parser import parse
+
+    from interpreter.paths import _flatten, _simple_steps
+
+    simple = _simple_steps(expr)
+    if "where" in expr:
+        assert simple is None  # a filter keyword: the parser refuses it with its reason
+    else:
+        assert simple == _flatten(expr, parse(expr))
