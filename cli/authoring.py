@@ -7,6 +7,7 @@ interpreter gets their bytes.
 
 from __future__ import annotations
 
+import stat
 import sys
 from collections.abc import Collection
 from enum import StrEnum
@@ -26,7 +27,7 @@ from interpreter.problems import Problem
 from interpreter.schema import SCHEMA_ID, json_schema, schema_text
 from interpreter.validate import validate
 
-__all__ = ["GraphFormat", "register"]
+__all__ = ["GraphFormat", "read_limited", "register"]
 
 
 class GraphFormat(StrEnum):
@@ -39,19 +40,49 @@ FilesArgument = Annotated[
 ]
 FileArgument = Annotated[Path, typer.Argument(help="A definition file (JSON).", show_default=False)]
 
+_FILE_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFSOCK: "a socket",
+}
 
-def _read(path: Path) -> tuple[WorkflowDefinition | None, list[Problem]]:
-    """Load one file; too large a file is refused from its size, without reading it."""
+
+def read_limited(path: Path) -> tuple[bytes | None, Problem | None]:
+    """The bytes of a regular file no larger than the limit, or the problem that refused it.
+
+    Only regular files are opened: a FIFO would block the open until a writer came, a device
+    such as ``/dev/zero`` reports a size of 0 and never ends. The read itself stops one byte past
+    the limit, for a file that grows or lies about its size (``/proc``)."""
     try:
-        size = path.stat().st_size
-        if size > MAX_DOCUMENT_BYTES:
-            message = f"the document is {size:,} bytes; the limit is {MAX_DOCUMENT_BYTES:,} bytes"
-            return None, [Problem("document-too-large", "", message)]
-        data = path.read_bytes()
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            what = _FILE_KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
+            message = f"{path} is {what}, not a regular file"
+            return None, Problem("unreadable-file", "", message)
+        if info.st_size > MAX_DOCUMENT_BYTES:
+            message = (
+                f"the document is {info.st_size:,} bytes; the limit is {MAX_DOCUMENT_BYTES:,} bytes"
+            )
+            return None, Problem("document-too-large", "", message)
+        with path.open("rb") as handle:
+            data = handle.read(MAX_DOCUMENT_BYTES + 1)
     except OSError as exc:
-        return None, [Problem("unreadable-file", "", f"cannot read {path}: {exc.strerror}")]
+        return None, Problem("unreadable-file", "", f"cannot read {path}: {exc.strerror}")
+    if len(data) > MAX_DOCUMENT_BYTES:
+        message = f"the document is over the limit of {MAX_DOCUMENT_BYTES:,} bytes"
+        return None, Problem("document-too-large", "", message)
+    return data, None
+
+
+def _read(path: Path) -> tuple[WorkflowDefinition | None, list[Problem], bytes | None]:
+    """Load one file; too large a file is refused from its size, without reading it."""
+    data, problem = read_limited(path)
+    if data is None:
+        return None, [problem] if problem else [], None
     result = read_definition(data)
-    return result.definition, result.problems
+    return result.definition, result.problems, data
 
 
 def _is_language_schema(data: bytes) -> bool:
@@ -107,8 +138,8 @@ def validate_command(
     skipped_files: list[str] = []
     all_valid = True
     for path in files:
-        definition, problems = _read(path)
-        if definition is None and path.is_file() and _is_language_schema(path.read_bytes()):
+        definition, problems, data = _read(path)
+        if definition is None and data is not None and _is_language_schema(data):
             skipped_files.append(str(path))
             continue
         if definition is not None:
@@ -156,7 +187,7 @@ def validate_command(
 
 
 def _load_or_fail(path: Path) -> WorkflowDefinition:
-    definition, problems = _read(path)
+    definition, problems, _data = _read(path)
     if definition is None:
         for problem in problems:
             typer.echo(_line(path, problem), err=True)

@@ -1,10 +1,12 @@
 """``orchestration listen | send-event | deadletters process``: device event ingress.
 
 ``listen`` runs the Service Bus listener (``ORCH_SB_*``) and the outbox reconciler until SIGTERM,
-one log line per message. ``send-event`` is the embedded default's ingress: the same pipeline
-after the transport, on the configured database (``ORCH_DB_URL``) and Prefect (``PREFECT_API_URL``,
-else a local server for the command's duration). ``deadletters process`` drains the dead-letter
-queue once, as the scheduled ``process-dead-letters`` flow does.
+one log line per message; it needs ``ORCH_DB_URL`` or ``--embedded`` (``cli.embedded``). Every
+plain-text line escapes control characters (``operations.logtext``): a newline in a device id,
+session id or event name cannot forge a line. ``send-event`` is the embedded default's ingress:
+the same pipeline after the transport, on the configured database (``ORCH_DB_URL``) and Prefect
+(``PREFECT_API_URL``, else a local server for the command's duration). ``deadletters process``
+drains the dead-letter queue once, as the scheduled ``process-dead-letters`` flow does.
 """
 
 from __future__ import annotations
@@ -16,34 +18,39 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.embedded import EmbeddedOption, require_database_url
 from cli.output import EXIT_FAILURE, OutputFormat, OutputOption, emit_json, fail
+from operations.logtext import escape_controls
 
 __all__ = ["register"]
 
 
-def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    for noisy in ("azure", "uamqp", "httpx", "prefect"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _logging(level: int | None = logging.INFO) -> None:
+    """Plain-text logs whose fields cannot forge a line (a device id is the sender's choice)."""
+    from operations.logtext import configure_plain_logging
+
+    configure_plain_logging(level)
 
 
-def listen_command() -> None:
-    """Receive device events from Service Bus and start or route them (until SIGTERM)."""
+def listen_command(embedded: EmbeddedOption = False) -> None:
+    """Receive device events from Service Bus and start or route them (until SIGTERM).
+
+    Needs ORCH_DB_URL, or --embedded (ORCH_EMBEDDED=true) for the local SQLite file."""
     from flows.definitions import DefinitionPinner
     from listeners.local import open_ingress
     from listeners.servicebus import listen
     from listeners.settings import IngressSettings, ServiceBusSettings
-    from store.settings import DatabaseSettings
 
-    _logging()
     sb = ServiceBusSettings()
     if not sb.configured:
         fail("set ORCH_SB_CONNECTION_STRING or ORCH_SB_FULLY_QUALIFIED_NAMESPACE")
+    database_url = require_database_url(embedded)
     ingress_settings = IngressSettings()
+    _logging()
 
     async def main() -> dict[str, int]:
         async with open_ingress(
-            database_url=DatabaseSettings().url,
+            database_url=database_url,
             settings=ingress_settings,
             max_message_bytes=sb.max_message_bytes,
             definitions=DefinitionPinner.from_environment(),
@@ -85,10 +92,15 @@ def send_event_command(
     from listeners.settings import IngressSettings
     from store.settings import DatabaseSettings
 
+    # Settings first: a malformed one is said before a local Prefect server is started.
+    database_url = DatabaseSettings().url
+    ingress_settings = IngressSettings()
+    _logging(level=None)  # warnings only, as before: the command prints its own result line
+
     async def main() -> dict[str, Any]:
         async with open_ingress(
-            database_url=DatabaseSettings().url,
-            settings=IngressSettings(),
+            database_url=database_url,
+            settings=ingress_settings,
             definitions=DefinitionPinner.from_environment(),
         ) as rt:
             outcome = await rt.local.send(device, name, document, event_id=event_id)
@@ -105,12 +117,14 @@ def send_event_command(
         emit_json(data)
     elif data["disposition"] == Disposition.COMPLETE:
         typer.echo(
-            f"device={device} event={data['eventId']} recorded={data['recorded']} "
-            f"action={data['action']} run={data['runId'] or '-'}"
-            + (f" ({data['detail']})" if data["detail"] else "")
+            escape_controls(
+                f"device={device} event={data['eventId']} recorded={data['recorded']} "
+                f"action={data['action']} run={data['runId'] or '-'}"
+                + (f" ({data['detail']})" if data["detail"] else "")
+            )
         )
     if data["disposition"] != Disposition.COMPLETE:
-        fail(f"event refused: {data.get('reason')}: {data.get('description')}")
+        fail(escape_controls(f"event refused: {data.get('reason')}: {data.get('description')}"))
 
 
 def process_dead_letters_command(
@@ -123,18 +137,21 @@ def process_dead_letters_command(
     from listeners.deadletters import process_dead_letters_once
     from listeners.settings import ServiceBusSettings
 
-    _logging()
     settings = ServiceBusSettings()
     if not settings.configured:
         fail("set ORCH_SB_CONNECTION_STRING or ORCH_SB_FULLY_QUALIFIED_NAMESPACE")
+    _logging()
     report = asyncio.run(process_dead_letters_once(settings, resubmit=resubmit))
     if output is OutputFormat.json:
         emit_json(report.as_dict())
     else:
         for letter in report.handled:
             typer.echo(
-                f"device={letter.device_id} message={letter.message_id} reason={letter.reason} "
-                f"resubmitted={letter.resubmitted}: {letter.description}"
+                escape_controls(
+                    f"device={letter.device_id} message={letter.message_id} "
+                    f"reason={letter.reason} resubmitted={letter.resubmitted}: "
+                    f"{letter.description}"
+                )
             )
         typer.echo(f"{len(report.handled)} dead letters handled")
     if report.alert_failures:

@@ -1,7 +1,9 @@
 """Entry point of ``orchestration``: builds the typer app from the command modules.
 
 Each command module exposes ``register(app)`` and imports its heavy dependencies (Prefect,
-databases) inside the commands, so ``orchestration validate`` stays fast.
+databases) inside the commands, so ``orchestration validate`` stays fast. A known failure (a
+malformed setting, a database or Prefect server out of reach) ends any command with one ``error:``
+line and its exit code (``cli.failures``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ for _module in COMMAND_MODULES:
 
 
 def main() -> None:
-    app()
+    from cli.failures import answer_known_failures
+
+    with answer_known_failures():
+        app()
 
 
 if __name__ == "__main__":

@@ -9,12 +9,16 @@ field), never printed.
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from cli.output import OutputFormat, OutputOption, emit_json, fail
+from cli.embedded import EmbeddedOption, require_database_url
+from cli.failures import validation_summary
+from cli.output import EXIT_USAGE, OutputFormat, OutputOption, emit_json, fail
 
 __all__ = ["register"]
 
@@ -22,17 +26,22 @@ __all__ = ["register"]
 def serve_api(
     host: Annotated[str | None, typer.Option(help="Interface (default ORCH_API_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default ORCH_API_PORT)")] = None,
+    embedded: EmbeddedOption = False,
 ) -> None:
-    """Serve the management API (OpenAPI at /docs) until interrupted."""
+    """Serve the management API (OpenAPI at /docs) until interrupted.
+
+    Needs ORCH_DB_URL, or --embedded (ORCH_EMBEDDED=true) for the local SQLite file."""
     import uvicorn
 
     from api.app import create_app
     from api.settings import ApiSettings
     from operations.observability import configure_logging, configure_metrics
 
+    # Settings before anything starts: a malformed one is one line (cli.failures), keys unseen.
+    settings = ApiSettings()
+    require_database_url(embedded)
     configure_logging()
     configure_metrics()
-    settings = ApiSettings()
     updates: dict[str, Any] = {}
     if host is not None:
         updates["host"] = host
@@ -53,7 +62,34 @@ def serve_api(
         log_config=None,  # keep the JSON root handler: uvicorn's records go through it
         server_header=False,
     )
-    uvicorn.Server(config).run()
+    failures = _StartupFailures()
+    logging.getLogger("uvicorn.error").addFilter(failures)
+    try:
+        uvicorn.Server(config).run()
+    except SystemExit:
+        if not failures.caught:
+            raise
+    if failures.caught:
+        raise failures.caught[0]  # a known one is said in one line by cli.failures
+
+
+class _StartupFailures(logging.Filter):
+    """Keeps the exception of a failed startup instead of uvicorn's traceback log record.
+
+    Starlette hands uvicorn the traceback as text while its ``except`` block runs, so the
+    exception is ``sys.exc_info()``; the command re-raises it after uvicorn gives up, and
+    ``cli.failures`` says a known one (database or Prefect out of reach) in one line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.caught: list[BaseException] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = sys.exc_info()[1]
+        if str(record.msg).startswith("Traceback (most recent call last)") and exc is not None:
+            self.caught.append(exc)
+            return False
+        return True
 
 
 def automations_apply(
@@ -104,7 +140,11 @@ def automations_apply(
     try:
         settings = AlertSettings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        fail(f"invalid alert settings: {exc}")
+        # The option or the ORCH_ALERTS_* variable, what was expected; never the value (a URL).
+        fail(
+            f"invalid alert settings: {validation_summary(exc, AlertSettings, option=True)}",
+            code=EXIT_USAGE,
+        )
     try:
         applied, plan, warnings = asyncio.run(_apply(settings))
     except LookupError as exc:

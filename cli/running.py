@@ -29,6 +29,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.embedded import EmbeddedOption, require_database_url
 from cli.output import EXIT_FAILURE, OutputFormat, OutputOption, emit_json, fail
 
 __all__ = ["register"]
@@ -310,6 +311,26 @@ def _print_summary(summary: dict[str, Any], output: OutputFormat) -> None:
         typer.echo(f"view: {summary['url']}")
 
 
+def _require_json_object(path: Path) -> None:
+    """Refuse, before any server starts, a file that is no JSON object (``/etc/passwd``, a FIFO,
+    ``/dev/zero``): one line. A JSON object that is no valid definition still runs, and the run
+    reports every problem."""
+    from cli.authoring import read_limited
+    from interpreter.errors import AuthoringError
+    from interpreter.loader import parse_document
+
+    data, problem = read_limited(path)
+    if data is None:
+        message = problem.message if problem else "cannot be read"
+        fail(message if str(path) in message else f"{path}: {message}")
+    try:
+        document = parse_document(data)
+    except AuthoringError as exc:
+        fail(f"{path} is not a JSON definition: {exc}")
+    if not isinstance(document, dict):
+        fail(f"{path} is not a JSON definition: the document is not a JSON object")
+
+
 def _require_input_fits(path: Path, run_input: dict[str, Any]) -> None:
     """Refuse, before any server starts, an input the definition's input schema refuses: one
     line naming the pointer (exit 1). A definition that does not load is left to the run."""
@@ -339,8 +360,9 @@ def run_command(
     output: OutputOption = OutputFormat.text,
 ) -> None:
     """Run one workflow to its end and print the trail, the result and the run's UI URL."""
-    if not definition.is_file():
+    if not definition.exists():
         fail(f"no definition file at {definition}", code=2)
+    _require_json_object(definition)
     try:
         data = json.loads(input)
     except json.JSONDecodeError as exc:
@@ -386,8 +408,11 @@ def worker_command(
             help="Deployment of run-workflow to serve; created (no work pool) only if missing."
         ),
     ] = DEFAULT_DEPLOYMENT,
+    embedded: EmbeddedOption = False,
 ) -> None:
     """Execute runs of run-workflow/device-workflow in this process (and resume due waits).
+
+    Needs ORCH_DB_URL, or --embedded (ORCH_EMBEDDED=true) for the local SQLite file.
 
     The ingress, the API and the alerts start runs of run-workflow/device-workflow. If the
     deployment exists (say from `prefect deploy`, on a process work pool) it is served as it is,
@@ -396,7 +421,12 @@ def worker_command(
     proposing Pending to the server, which lets only one claimant have it, so no run executes
     twice. The executor runs many runs in one process; a worker starts a process per run.
     """
+    from operations.logtext import configure_plain_logging
+
+    require_database_url(embedded)
     with prefect_api() as api_url, _settings(api_url):
+        # After Prefect set up its console handler: escaped fields, a retry is one line.
+        configure_plain_logging(level=None)
         asyncio.run(_worker(concurrency, deployment))
 
 
