@@ -216,6 +216,13 @@ class PrefectRunControl:
             result = await self._call(self.client.resume_flow_run(UUID(run_id), run_input))
         except RunNotFoundError:
             return ResumeOutcome(ResumeStatus.NOT_PAUSED, "the run does not exist")
+        except ControlError as exc:
+            if not isinstance(exc.__cause__, httpx.HTTPStatusError):
+                raise
+            if exc.__cause__.response.status_code != 409:
+                raise
+            # Another resume's input was stored first (the resumer, another router): it won.
+            return ResumeOutcome(ResumeStatus.NOT_PAUSED, "another resume won (409)")
         reason = str(getattr(result.details, "reason", "") or "")
         # The HTTP code says nothing here: ACCEPT, REJECT and ABORT all come back as success.
         if result.status == SetStateStatus.ACCEPT:

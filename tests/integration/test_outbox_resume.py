@@ -158,3 +158,28 @@ async def test_a_resume_of_a_run_that_ended_is_done_with_the_reason(
         done = await rt.ledger.entry(entry.id)
         assert done is not None and done.status == "done"
         assert "CANCELLED" in (done.last_error or ""), done.last_error
+
+
+async def test_a_resume_another_resumer_won_is_not_a_refusal(
+    app_db_url: str,  # noqa: F811 - the fixture
+    idle_deployment: str,  # noqa: F811 - the fixture
+    waits: WaitStore,
+) -> None:
+    """Prefect answers 409 when another resume's input was stored first (the resumer won the
+    race): that is "not paused any more", queued like any resume the run did not take."""
+    from prefect.client.orchestration import get_client
+
+    dev = device()
+    async with runtime(app_db_url, idle_deployment) as rt:
+        run_id = await _started(rt, dev)
+        await waits.register(run_id, WAIT_KEY, dev, "approve", None)
+        state = _suspended()
+        await _force(run_id, state)
+        await _save_schema(run_id, state)
+        async with get_client() as client:
+            keyset = state.state_details.run_input_keyset
+            await client.create_flow_run_input(uuid.UUID(run_id), keyset["response"], "{}")
+        approve = await rt.local.send(dev, "approve", event_id="approve-1")
+        assert approve.result is not None
+        assert approve.result.action is RouteAction.DEFERRED
+        assert "another resume won" in approve.result.detail, approve.result.detail
