@@ -14,7 +14,7 @@ import traceback
 # Before Prefect configures its logging (through the imports below): the drills print their own.
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
-from drills import baseline, duplicates, listener_kill  # noqa: F401 - registers
+from drills import baseline, duplicates, listener_kill, worker_kill  # noqa: F401 - registers
 from drills.catalog import DRILLS, Drill
 from drills.env import DrillSetupError, Platform
 from drills.report import Row, render_json, render_table

@@ -130,6 +130,11 @@ class Snapshot:
         )
         return " ".join(f"{n}:{c}" for n, c in sorted(counts.items())) or "-"
 
+    def run_states(self) -> str:
+        """How many runs are in each state, e.g. ``COMPLETED 4, RUNNING 11``."""
+        counts = Counter(state for states in self.runs.values() for state in states)
+        return ", ".join(f"{state} {n}" for state, n in counts.most_common()) or "no runs"
+
     def effects_per_key(self) -> str:
         counts = self.side_effects()
         return " ".join(f"{n}x:{c}" for n, c in sorted(counts.items())) or "-"

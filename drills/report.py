@@ -39,7 +39,12 @@ class Row:
         self.heal_seconds = heal
         self.problems = snap.problems(expect)
         self.passed = not self.problems
-        self.observed = "as expected" if self.passed else "; ".join(self.problems[:3])
+        if self.passed:
+            self.observed = "as expected"
+        else:
+            shown = "; ".join(self.problems[:2])
+            more = f" (+{len(self.problems) - 2} more)" if len(self.problems) > 2 else ""
+            self.observed = f"runs: {snap.run_states()}; {shown}{more}"
         return self
 
 
