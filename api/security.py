@@ -77,13 +77,15 @@ class RequestBodyGuard:
                 await _answer(send, 400, "invalid Content-Length")
                 return
             if declared > self._max:
-                await _answer(send, 413, f"request body over {self._max} bytes")
+                await _answer(send, 413, f"request body over {self._max} bytes", close=True)
                 return
         # Read the body here and hand the application a replay of it. Raising from inside
         # ``receive`` would not do: FastAPI turns any error while reading the body into a 400.
         try:
             async with asyncio.timeout(self._timeout):
-                body, trailing = await self._read(receive)
+                body = await self._read(receive)
+        except _ClientGoneError:
+            return  # nobody to answer
         except TimeoutError:
             log.warning(
                 "request body of %s %s not received within %ss: 408, connection closed",
@@ -91,34 +93,35 @@ class RequestBodyGuard:
                 scope.get("path"),
                 self._timeout,
             )
-            await _answer(send, 408, f"request body not received within {self._timeout}s", True)
+            detail = f"request body not received within {self._timeout}s"
+            await _answer(send, 408, detail, close=True)
             return
         if body is None:
-            await _answer(send, 413, f"request body over {self._max} bytes")
+            await _answer(send, 413, f"request body over {self._max} bytes", close=True)
             return
         if body:
             refusal = self._refusal(headers.get(b"content-type"), body)
             if refusal is not None:
                 await _answer(send, *refusal)
                 return
-        first: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
-        await self._app(scope, _replay(first + trailing, receive), send)
+        whole: Message = {"type": "http.request", "body": body, "more_body": False}
+        await self._app(scope, _replay(whole, receive), send)
 
-    async def _read(self, receive: Receive) -> tuple[bytes | None, list[Message]]:
-        """The whole body (None when over the limit), and a disconnect notice seen while reading."""
+    async def _read(self, receive: Receive) -> bytes | None:
+        """The whole body, or None when it is over the limit."""
         chunks: list[bytes] = []
         seen = 0
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                return b"".join(chunks), [message]
+                raise _ClientGoneError
             chunk = message.get("body", b"")
             seen += len(chunk)
             if seen > self._max:
-                return None, []
+                return None
             chunks.append(chunk)
             if not message.get("more_body", False):
-                return b"".join(chunks), []
+                return b"".join(chunks)
 
     def _refusal(self, content_type: bytes | None, body: bytes) -> tuple[int, Any] | None:
         media = (content_type or b"application/json").split(b";")[0].strip().lower()
@@ -131,6 +134,10 @@ class RequestBodyGuard:
         return None
 
 
+class _ClientGoneError(Exception):
+    """The client disconnected before its body was complete."""
+
+
 def validation_error(exc: jsonsafe.UnsafeJsonError) -> dict[str, Any]:
     """A strict-JSON refusal as one of FastAPI's 422 errors: ``loc`` from the pointer."""
     parts = [part.replace("~1", "/").replace("~0", "~") for part in exc.pointer.split("/")[1:]]
@@ -138,20 +145,19 @@ def validation_error(exc: jsonsafe.UnsafeJsonError) -> dict[str, Any]:
     return {"type": kind, "loc": ["body", *parts], "msg": exc.message}
 
 
-def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
-    pending = list(messages)
+def _replay(body: Message, then: Receive) -> Receive:
+    """``receive`` for the application: the body read already, then the server's own."""
+    pending = [body]
 
     async def receive() -> Message:
         if pending:
-            return pending.pop(0)
-        if then is not None:
-            return await then()  # after the body: the disconnect notice, when it comes
-        return {"type": "http.disconnect"}
+            return pending.pop()
+        return await then()  # after the body: the disconnect notice, when it comes
 
     return receive
 
 
-async def _answer(send: Send, code: int, detail: Any, close: bool = False) -> None:
+async def _answer(send: Send, code: int, detail: Any, *, close: bool = False) -> None:
     """``{"detail": ...}`` as ASCII JSON; ``close`` asks the server to drop the connection (the
     rest of an unread body must not be taken for the next request)."""
     body = json.dumps({"detail": detail}, separators=(",", ":")).encode()
