@@ -127,7 +127,8 @@ async def load_definition(workflow: str, version: str | None) -> dict[str, Any]:
         )
         text = await asyncio.to_thread(_read_text, path)
         definition = parse_definition(text)
-        document = definition.model_dump(mode="json", by_alias=True, exclude_none=True)
+        # exclude_unset, not exclude_none: a "value": null literal is meaning, not absence.
+        document = definition.model_dump(mode="json", by_alias=True, exclude_unset=True)
         digest = definition_hash(definition)
     else:
         ctx = resources.activity_context.for_call(idempotency_key=None, state="load-definition")
