@@ -74,9 +74,6 @@ _ID = re.compile(ID_PATTERN)
 # JSON text becomes one code point when parsed, so only lone halves remain here).
 _FORBIDDEN = re.compile("[\x00\ud800-\udfff]")
 _BOM = "\ufeff"
-# A JSON string (escapes included) or one bracket; strings are consumed whole so that brackets in
-# them do not count. The unrolled form never backtracks.
-_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
 # More digits than any integer in range has: refused before int() is asked to convert it.
 _MAX_INT_DIGITS = 20
 
@@ -110,8 +107,9 @@ class _Refused:
 def loads(data: str | bytes, *, max_bytes: int = MAX_DOCUMENT_BYTES) -> Any:
     """The JSON value in ``data``; raises ``UnsafeJsonError`` for anything refused (see above)."""
     text = _decode(data, max_bytes)
-    _check_depth(text)
     try:
+        # The hooks leave what they refuse in the tree as ``_Refused`` for check_value to report
+        # with its pointer (they cannot know where they are).
         document = json.loads(
             text,
             object_pairs_hook=_object,
@@ -123,6 +121,10 @@ def loads(data: str | bytes, *, max_bytes: int = MAX_DOCUMENT_BYTES) -> Any:
         raise UnsafeJsonError(
             "invalid-json", "", f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except RecursionError:
+        # The C scanner counts its recursion and raises (it does not overflow the stack); any
+        # depth it does parse is measured by check_value.
+        raise UnsafeJsonError("too-deep", "", _depth_message()) from None
     check_value(document)
     return document
 
@@ -130,6 +132,8 @@ def loads(data: str | bytes, *, max_bytes: int = MAX_DOCUMENT_BYTES) -> Any:
 def check_value(value: Any, *, at: str = "") -> None:
     """Raise ``UnsafeJsonError`` for the first value (in document order) that cannot be stored
     and sent as JSON; ``at`` prefixes the pointers (where ``value`` sits in a larger document)."""
+    if not _suspect(value):
+        return
     stack: list[tuple[Any, str, int]] = [(value, at, 0)]
     while stack:
         node, where, depth = stack.pop()
@@ -168,6 +172,40 @@ def check_value(value: Any, *, at: str = "") -> None:
             raise UnsafeJsonError("not-json", where, f"a {type(node).__name__} is not a JSON value")
 
 
+def _suspect(value: Any) -> bool:
+    """Whether ``value`` may hold a fault: a quick walk without pointers (the common case, a clean
+    document, ends here); a suspect one is walked again by check_value to say what and where."""
+    strings: list[str] = []
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        kind = type(node)
+        if kind is str:
+            strings.append(node)
+        elif kind is dict:
+            if depth >= MAX_DEPTH:
+                return True
+            strings.extend(node)  # member names; a non-str one fails the join below
+            stack.extend((item, depth + 1) for item in node.values())
+        elif kind is list or kind is tuple:
+            if depth >= MAX_DEPTH:
+                return True
+            stack.extend((item, depth + 1) for item in node)
+        elif kind is int:
+            if not MIN_INTEGER <= node <= MAX_INTEGER:
+                return True
+        elif kind is float:
+            if not math.isfinite(node):
+                return True
+        elif node is not None and kind is not bool:
+            return True  # _Refused, or a type the careful walk judges
+    try:
+        joined = "".join(strings)  # one scan for all strings: far cheaper than one per string
+    except TypeError:
+        return True
+    return _FORBIDDEN.search(joined) is not None
+
+
 def _check_text(text: str, where: str, what: str) -> None:
     found = _FORBIDDEN.search(text)
     if found is None:
@@ -199,20 +237,6 @@ def _decode(data: str | bytes, max_bytes: int) -> str:
     return data
 
 
-def _check_depth(text: str) -> None:
-    """Nesting measured on the text, without recursion: ``json.loads`` recurses and overflows the
-    stack near 1,000 levels."""
-    depth = 0
-    for match in _TOKENS.finditer(text):
-        bracket = match.group()
-        if bracket in "[{":
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise UnsafeJsonError("too-deep", "", _depth_message())
-        elif bracket in "]}":
-            depth -= 1
-
-
 def _depth_message() -> str:
     return f"objects and arrays nested deeper than {MAX_DEPTH} levels"
 
@@ -223,12 +247,15 @@ def _integer_message(digits: str) -> str:
 
 
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any] | _Refused:
+    result = dict(pairs)
+    if len(result) == len(pairs):
+        return result
     seen: set[str] = set()
     for key, _ in pairs:
         if key in seen:
             return _Refused("duplicate-key", f"member {key!r} appears more than once", key)
         seen.add(key)
-    return dict(pairs)
+    return result  # unreachable: fewer members than pairs means one repeated
 
 
 def _constant(name: str) -> _Refused:

@@ -38,7 +38,7 @@ __all__ = [
     "parse_event",
 ]
 
-#: Deeper bodies are refused before ``json.loads`` (which recurses and can blow the stack).
+#: Deeper bodies are refused (``interpreter.jsonsafe``; ``interpreter.limits.MAX_DEPTH``).
 MAX_JSON_DEPTH = MAX_DEPTH
 
 # Refusals of the text itself; every other jsonsafe refusal is about a value: a schema violation.

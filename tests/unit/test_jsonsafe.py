@@ -80,13 +80,19 @@ def test_the_first_problem_in_document_order_is_reported() -> None:
         ("\ufeff{}", "byte-order-mark"),
         (b'"\xed\xa0\x80"', "not-utf8"),  # a surrogate encoded in UTF-8 bytes
         (b"\xff{}", "not-utf8"),
-        (b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1), "too-deep"),
+        (b"[" * 100_000 + b"]" * 100_000, "too-deep"),  # past the C scanner's recursion limit
     ],
-    ids=["bom-bytes", "bom-text", "encoded-surrogate", "not-utf8", "too-deep"],
+    ids=["bom-bytes", "bom-text", "encoded-surrogate", "not-utf8", "far-too-deep"],
 )
 def test_text_level_refusals(data: str | bytes, code: str) -> None:
     error = refused(data)
     assert (error.code, error.pointer) == (code, "")
+
+
+def test_one_level_past_the_depth_limit_is_refused_where_it_starts() -> None:
+    error = refused(b'{"a": ' + b"[" * MAX_DEPTH + b"]" * MAX_DEPTH + b"}")
+    assert error.code == "too-deep"
+    assert error.pointer == "/a" + "/0" * (MAX_DEPTH - 1)
 
 
 def test_depth_is_measured_outside_strings_and_at_the_limit_is_accepted() -> None:
