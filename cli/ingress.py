@@ -123,6 +123,13 @@ def send_event_command(
                 + (f" ({data['detail']})" if data["detail"] else "")
             )
         )
+        if data["action"] == "deferred":
+            # This command ends now; the outbox entry outlives it.
+            typer.echo(
+                "deferred: kept in the outbox; the reconciler of `orchestration worker` "
+                "(or serve-api, listen) finishes it once Prefect answers",
+                err=True,
+            )
     if data["disposition"] != Disposition.COMPLETE:
         fail(escape_controls(f"event refused: {data.get('reason')}: {data.get('description')}"))
 

@@ -199,3 +199,31 @@ async def test_the_worker_finishes_a_start_deferred_by_send_event(
         assert run.idempotency_key == f"ingress:{dev}:e1"
     finally:
         await asyncio.to_thread(_stop, worker)
+
+
+async def test_send_event_says_who_finishes_what_it_deferred(
+    prefect_server: Any,
+    app_db_url: str,  # noqa: F811 - the fixture
+    idle_deployment: str,  # noqa: F811 - the fixture
+    ledger: DeviceRunStore,
+    tmp_path: Path,
+) -> None:
+    """send-event is short-lived: with Prefect down it records the event, keeps the start in the
+    outbox and says that a long-lived process will make it."""
+    env = _env(prefect_server, app_db_url, idle_deployment, tmp_path)
+    env["PREFECT_API_URL"] = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
+    dev = device()
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "cli.main", "send-event", dev, "hello"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "action=deferred" in done.stdout, done.stdout
+    assert "orchestration worker" in done.stderr, done.stderr
+    assert [e.action for e in await ledger.outstanding(dev)] == ["start"]
