@@ -10,13 +10,14 @@ backtracking on a hostile input).
 
 ``check_run_input`` is what every entry that creates a run calls (the API, ``orchestration run``,
 the ingress router): the problems of the run's input against the schema, each with a JSON pointer
-into the input, at most ``MAX_INPUT_PROBLEMS``. ``format`` is an annotation, as the 2020-12 draft
-says: not asserted.
+into the input, at most ``MAX_INPUT_PROBLEMS``, each saying what the schema expects without quoting
+the input's values. ``format`` is an annotation, as the 2020-12 draft says: not asserted.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 from typing import Any, Final
 from urllib.parse import unquote
@@ -171,5 +172,36 @@ def _input_problem(error: ValidationError) -> Problem:
     return Problem(
         "invalid-run-input",
         pointer(*error.absolute_path),
-        f"{_short(error.message)} (input schema {rule or '/'})",
+        f"{_described(error)} (input schema {rule or '/'})",
     )
+
+
+def _described(error: ValidationError) -> str:
+    """What the input fails, in the schema's words: the input's values are never quoted (the
+    message reaches API answers, dead-letter descriptions and logs), only its JSON types."""
+    keyword, expected = error.validator, error.validator_value
+    if keyword == "required":
+        return _short(str(error.message))  # names the missing member: the schema's word
+    got = _json_type(error.instance)
+    if keyword == "type":
+        return f"expected type {_schema_text(expected)}; got {got}"
+    if keyword in ("additionalProperties", "unevaluatedProperties"):
+        return f"holds members the schema does not allow ({keyword}: {_schema_text(expected)})"
+    return f"does not satisfy {keyword}: {_schema_text(expected)} (got {got})"
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def _schema_text(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return _short(text if len(text) <= 80 else text[:77] + "...")

@@ -154,11 +154,15 @@ def test_a_definition_without_an_input_schema_accepts_any_input() -> None:
     ("run_input", "where", "words"),
     [
         ({}, "", "'deviceId' is a required property"),
-        ({"deviceId": 7}, "/deviceId", "7 is not of type 'string'"),
-        ({"deviceId": "d", "retries": 9}, "/retries", "9 is greater than the maximum of 5"),
-        ({"deviceId": "d", "tags": ["a", 3]}, "/tags/1", "3 is not of type 'string'"),
-        ({"deviceId": "d", "colour": "red"}, "", "'colour' was unexpected"),
-        ([], "", "is not of type 'object'"),
+        ({"deviceId": 7}, "/deviceId", 'expected type "string"; got number'),
+        ({"deviceId": "d", "retries": 9}, "/retries", "does not satisfy maximum: 5 (got number)"),
+        ({"deviceId": "d", "tags": ["a", 3]}, "/tags/1", 'expected type "string"; got number'),
+        (
+            {"deviceId": "d", "colour": "red"},
+            "",
+            "holds members the schema does not allow (additionalProperties: false)",
+        ),
+        ([], "", 'expected type "object"; got array'),
     ],
     ids=["missing", "wrong-type", "over-maximum", "nested-item", "extra-member", "not-an-object"],
 )
@@ -169,6 +173,13 @@ def test_an_input_that_breaks_the_schema_names_the_pointer(
     assert (problem.code, problem.pointer) == ("invalid-run-input", where)
     assert words in problem.message
     assert "input schema /" in problem.message
+
+
+def test_a_problem_never_quotes_the_inputs_values() -> None:
+    secret = "s3cr3t-value"
+    problems = run_problems({"deviceId": [secret], "retries": secret, secret: 1})
+    assert problems
+    assert all(secret not in p.message for p in problems)
 
 
 def test_every_problem_of_an_input_is_reported_in_pointer_order() -> None:
@@ -194,7 +205,7 @@ def test_orchestration_run_refuses_an_input_that_breaks_the_schema(tmp_path: Pat
     assert result.exit_code == 1, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1
-    assert "/deviceId" in lines[0] and "7 is not of type 'string'" in lines[0]
+    assert "/deviceId" in lines[0] and 'expected type "string"; got number' in lines[0]
 
 
 def test_orchestration_test_refuses_mocked_input_that_breaks_the_schema(tmp_path: Path) -> None:
@@ -213,6 +224,6 @@ def test_orchestration_test_refuses_mocked_input_that_breaks_the_schema(tmp_path
     mocks.write_text(json.dumps({"input": {"deviceId": "d", "retries": 9}}))
     result = CliRunner().invoke(app, ["test", str(path), "--mocks", str(mocks)])
     assert result.exit_code == 1, result.output
-    assert "/retries" in result.output and "greater than the maximum of 5" in result.output
+    assert "/retries" in result.output and "does not satisfy maximum: 5" in result.output
     mocks.write_text(json.dumps({"input": {"deviceId": "d", "retries": 2}}))
     assert CliRunner().invoke(app, ["test", str(path), "--mocks", str(mocks)]).exit_code == 0
