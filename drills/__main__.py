@@ -14,7 +14,14 @@ import traceback
 # Before Prefect configures its logging (through the imports below): the drills print their own.
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
-from drills import baseline, duplicates, listener_kill, worker_kill  # noqa: F401 - registers
+from drills import (  # noqa: F401 - importing a drill module registers its drills
+    baseline,
+    database,
+    duplicates,
+    listener_kill,
+    listener_pair,
+    worker_kill,
+)
 from drills.catalog import DRILLS, Drill
 from drills.env import DrillSetupError, Platform
 from drills.report import Row, render_json, render_table
