@@ -2,7 +2,9 @@
 
 The package exports what callers commonly need: loading and validating a definition, the
 ``Engine`` with its runtime vocabulary (``RunState``, ``SystemContext``, the actions it asks for and
-the outcomes it takes back) and the dry run (``simulate`` with ``Mocks`` and ``SimulationResult``).
+the outcomes it takes back), the dry run (``simulate`` with ``Mocks`` and ``SimulationResult``) and
+``UnsafeJsonError``, the refusal of ``interpreter.jsonsafe`` (strict JSON and the id rule for input
+from outside).
 Everything else is imported from its module (``interpreter.paths``, ``interpreter.keys``, ...).
 
 Nothing here imports Prefect, a database driver, Azure or an HTTP client, or reads the environment,
@@ -24,6 +26,7 @@ from interpreter.errors import (
     PathNotFoundError,
     RuntimeWorkflowError,
 )
+from interpreter.jsonsafe import UnsafeJsonError
 from interpreter.loader import definition_hash, load_definition, read_definition
 from interpreter.models import WorkflowDefinition
 from interpreter.problems import Problem
@@ -83,6 +86,7 @@ __all__ = [
     "TaskFailed",
     "TaskSucceeded",
     "TrailEntry",
+    "UnsafeJsonError",
     "WaitElapsed",
     "WaitFor",
     "WorkflowDefinition",
