@@ -53,9 +53,13 @@ def _validator_class(schema: dict[str, Any]) -> type[Validator] | None:
     return cls
 
 
+def _printable(text: str) -> str:
+    """``text`` with any lone surrogate written as its escape (an input may hold one)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _short(message: str) -> str:
-    # The message quotes the input, which may hold a lone surrogate: keep it printable.
-    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    message = _printable(message)
     return message if len(message) <= _MESSAGE_LENGTH else message[: _MESSAGE_LENGTH - 3] + "..."
 
 
@@ -171,7 +175,7 @@ def _input_problem(error: ValidationError) -> Problem:
     rule = pointer(*error.absolute_schema_path)
     return Problem(
         "invalid-run-input",
-        pointer(*error.absolute_path),
+        _printable(pointer(*error.absolute_path)),
         f"{_described(error)} (input schema {rule or '/'})",
     )
 

@@ -227,3 +227,11 @@ def test_orchestration_test_refuses_mocked_input_that_breaks_the_schema(tmp_path
     assert "/retries" in result.output and "does not satisfy maximum: 5" in result.output
     mocks.write_text(json.dumps({"input": {"deviceId": "d", "retries": 2}}))
     assert CliRunner().invoke(app, ["test", str(path), "--mocks", str(mocks)]).exit_code == 0
+
+
+def test_a_problem_at_a_member_named_with_a_lone_surrogate_is_printable() -> None:
+    schema = {"type": "object", "additionalProperties": {"type": "string"}}
+    definition = load_definition(definition_text(schema))
+    [problem] = check_run_input(definition, {"\ud800": 1})
+    assert problem.pointer == "/\\ud800"
+    str(problem).encode("utf-8")
