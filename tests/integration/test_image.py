@@ -18,57 +18,13 @@ import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.support.infra import REPO_ROOT, app_commands, parse_bicep
+from tests.support.infra import REPO_ROOT, app_commands, env_pairs, parse_bicep, parse_dockerfile
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@dataclass
-class Stage:
-    """One ``FROM`` stage of the Dockerfile: its instructions in order."""
-
-    name: str
-    instructions: list[tuple[str, str]] = field(default_factory=list)
-
-
-def _logical_lines(text: str) -> list[str]:
-    """Instruction lines with continuations joined and comments dropped."""
-    lines: list[str] = []
-    current = ""
-    for raw in text.splitlines():
-        stripped = raw.strip()
-        if not current and (not stripped or stripped.startswith("#")):
-            continue
-        if stripped.startswith("#"):
-            continue
-        if stripped.endswith("\\"):
-            current += stripped[:-1] + " "
-            continue
-        lines.append(current + stripped)
-        current = ""
-    return lines
-
-
-def parse_dockerfile(path: Path) -> list[Stage]:
-    stages: list[Stage] = []
-    for line in _logical_lines(path.read_text()):
-        keyword, _, rest = line.partition(" ")
-        keyword = keyword.upper()
-        if keyword == "FROM":
-            name = rest.split(" AS ")[-1].strip() if " AS " in rest else str(len(stages))
-            stages.append(Stage(name))
-        elif stages:
-            stages[-1].instructions.append((keyword, rest.strip()))
-    return stages
-
-
-def _env_pairs(rest: str) -> dict[str, str]:
-    return {key: value for key, value in (word.split("=", 1) for word in shlex.split(rest))}
 
 
 def _expand(value: str, env: dict[str, str]) -> str:
@@ -98,7 +54,7 @@ def test_the_dockerfile_installs_and_starts_every_process_in_a_clean_venv(
     runs = 0
     for keyword, rest in stages["build"].instructions:
         if keyword == "ENV":
-            values = _env_pairs(rest)
+            values = env_pairs(rest)
             # The image keeps no pip cache; here the machine's cache keeps the test short.
             values.pop("PIP_NO_CACHE_DIR", None)
             if "VENV" in values:
@@ -138,7 +94,7 @@ def test_the_dockerfile_installs_and_starts_every_process_in_a_clean_venv(
     commands: list[list[str]] = []
     for keyword, rest in stages["runtime"].instructions:
         if keyword == "ENV":
-            values = _env_pairs(rest)
+            values = env_pairs(rest)
             values.pop("PATH", None)
             values.pop("PREFECT_HOME", None)
             runtime_env.update(values)

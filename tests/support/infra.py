@@ -9,6 +9,7 @@ understand raises, so a change to main.bicep cannot make a test pass by being un
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +25,12 @@ __all__ = [
     "EnvEntry",
     "Module",
     "Param",
+    "Stage",
     "app_commands",
+    "env_pairs",
     "parse_bicep",
     "parse_bicepparam",
+    "parse_dockerfile",
 ]
 
 
@@ -256,3 +260,47 @@ def app_commands(bicep: Bicep) -> dict[str, list[str]]:
             words.append(value)
         commands[symbol] = words
     return commands
+
+
+@dataclass
+class Stage:
+    """One ``FROM`` stage of the Dockerfile: its instructions in order."""
+
+    name: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _logical_lines(text: str) -> list[str]:
+    """Instruction lines with continuations joined and comments dropped."""
+    lines: list[str] = []
+    current = ""
+    for raw in text.splitlines():
+        stripped = raw.strip()
+        if not current and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            current += stripped[:-1] + " "
+            continue
+        lines.append(current + stripped)
+        current = ""
+    return lines
+
+
+def parse_dockerfile(path: Path) -> list[Stage]:
+    stages: list[Stage] = []
+    for line in _logical_lines(path.read_text()):
+        keyword, _, rest = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            name = rest.split(" AS ")[-1].strip() if " AS " in rest else str(len(stages))
+            stages.append(Stage(name))
+        elif stages:
+            stages[-1].instructions.append((keyword, rest.strip()))
+    return stages
+
+
+def env_pairs(rest: str) -> dict[str, str]:
+    """The ``KEY=value`` pairs of a Dockerfile ``ENV`` instruction."""
+    return {key: value for key, value in (word.split("=", 1) for word in shlex.split(rest))}

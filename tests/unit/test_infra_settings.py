@@ -36,8 +36,10 @@ from tests.support.infra import (
     Bicep,
     EnvEntry,
     Module,
+    env_pairs,
     parse_bicep,
     parse_bicepparam,
+    parse_dockerfile,
 )
 
 #: What each process reads from the environment, by the command it is started with.
@@ -322,3 +324,24 @@ def test_names_shared_with_prefect_yaml_agree(bicep: Bicep) -> None:
         if command[:3] == ["prefect", "worker", "start"]:
             assert command[command.index("--pool") + 1] == pool
             assert command[command.index("--type") + 1] == "azure-container-instance"
+
+
+def test_the_image_and_the_azure_pool_set_only_names_something_reads() -> None:
+    """The Dockerfile's ENV and the Azure job variables' env, like the Container Apps' env."""
+    every_setting = set().union(*(env_names(model) for model in ALL_MODELS)) | direct_reads()
+    known = every_setting | prefect_names() | PLATFORM_NAMES
+    image = {
+        name
+        for stage in parse_dockerfile(REPO_ROOT / "Dockerfile")
+        for keyword, rest in stage.instructions
+        if keyword == "ENV"
+        for name in env_pairs(rest)
+    }
+    ours = {name for name in image if name.startswith(("ORCH_", "PREFECT_"))}
+    assert ours, "the Dockerfile sets no ORCH_/PREFECT_ variable (it sets ORCH_API_HOST)"
+    assert ours <= known, f"Dockerfile ENV read by nothing: {sorted(ours - known)}"
+    project = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+    pool_env = project["definitions"]["work_pools"]["azure"]["job_variables"]["env"]
+    assert set(pool_env) <= known, (
+        f"Azure job variables read by nothing: {sorted(set(pool_env) - known)}"
+    )
