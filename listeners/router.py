@@ -6,6 +6,12 @@
 - the device's run waits for an event of this name -> resume it (the run claims the event itself);
 - the device's run is busy -> nothing more: the event waits in the store until a run asks for it.
 
+A duplicate (a redelivery of an event stored before) is acknowledged and starts nothing new: it
+only finishes what its own first delivery may have left undone when a crash cut it off, its own
+start (``_may_route_duplicate``) or the resume of the run that waits for it while it is still
+unconsumed. An event id stored with other content (``conflict``) or refused for the device's
+limit is routed nowhere.
+
 Where the truth lives: the ``device_runs`` row of our database. A start is a compare-and-set on
 that row (``claim_start`` succeeds for one caller only, and writes its outbox row in the same
 transaction), and the Prefect run is created with an idempotency key derived from the device and
@@ -57,7 +63,8 @@ log = logging.getLogger(__name__)
 
 class RecordStatus(enum.StrEnum):
     RECORDED = "recorded"  # stored now
-    DUPLICATE = "duplicate"  # stored before (a redelivery); routed again, which is harmless
+    DUPLICATE = "duplicate"  # stored before (a redelivery): acknowledged, starts nothing new
+    CONFLICT = "conflict"  # the id is stored with other content; not stored
     OVERFLOW = "overflow"  # the device holds too many events; not stored
 
 
@@ -68,6 +75,7 @@ class RouteAction(enum.StrEnum):
     DEFERRED = "deferred"  # Prefect could not be reached; the outbox will finish the job
     REFUSED = "refused"  # the event was not stored (overflow), so nothing was routed
     REJECTED = "rejected"  # definition missing or invalid, or input breaks its schema: no start
+    IGNORED = "ignored"  # a duplicate: its first delivery was routed already; nothing to do
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +182,16 @@ def _started_something(result: RouteResult) -> bool:
     )
 
 
+def _may_route_duplicate(current: DeviceRun | None, run_key: str) -> bool:
+    """Whether a duplicate may still be routed as a start: only to finish what its own first
+    delivery began and a crash cut off. With no run for the device at all, the first delivery
+    never reached its start (recorded, then killed). With its own run key on the device's run,
+    the first delivery claimed the start; creating again is idempotent and ends at that same run.
+    Anything else (a run started by another event, running or finished) means starting again
+    could only start a second run, with an event its first delivery already routed."""
+    return current is None or current.run_key == run_key
+
+
 def run_key_for(event: IncomingEvent) -> str:
     """The idempotency key of the run an event starts (Prefect keeps it forever, per deployment)."""
     return f"ingress:{event.device_id}:{event.event_id}"
@@ -266,10 +284,27 @@ class Router:
     ) -> RouteResult:
         if recorded is RecordStatus.OVERFLOW:
             return self._result(event, recorded, RouteAction.REFUSED, detail="device event limit")
+        if recorded is RecordStatus.CONFLICT:
+            detail = "the event id is stored with other content"
+            return self._result(event, recorded, RouteAction.REFUSED, detail=detail)
         # The snapshot was read after the record, under the device's lock, which a run's wait
         # registration also takes: either the run finds the event when it claims (it claims
         # after registering), or the snapshot shows its wait.
         run_key = run_key_for(event)
+        if recorded is RecordStatus.DUPLICATE and not _may_route_duplicate(current, run_key):
+            # Starting now would give an event its first delivery already routed (a finished
+            # run may have consumed it) to a new run, which waits for it in vain. Resuming is
+            # right only while the event is still unconsumed and the run waits for its name: the
+            # first delivery was cut off before its resume (the run claims it, compare-and-set).
+            if (
+                current is not None
+                and not current.finished
+                and current.run_id is not None
+                and event.name in waiting
+                and await self._events.is_unconsumed(event.device_id, event.event_id, event.name)
+            ):
+                return await self._resume(event, recorded, current.run_id)
+            return self._result(event, recorded, RouteAction.IGNORED, detail="duplicate")
         if current is not None and current.finished and current.run_key == run_key:
             # A late redelivery of the event that started the device's last run: done already.
             return self._result(event, recorded, RouteAction.STARTED, current.run_id, "already")

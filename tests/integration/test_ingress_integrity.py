@@ -7,7 +7,8 @@ What the store refuses or notes must reach the transport as the right settlement
   no outbox entry), while the rest of the batch goes on;
 - an event id reused with other content is dead-lettered as a conflict and logged;
 - a producer time that goes backwards is logged and flagged on the stored event;
-- a redelivered duplicate starts and resumes nothing.
+- a redelivered duplicate starts and resumes nothing, unless its first delivery was cut off
+  before it was routed (then the run waiting for it, or the device's first start, still happens).
 
 To reach the store with values that ``listeners.events.parse_event`` refuses, the pipeline here
 parses leniently (``json.loads`` takes ``NaN`` and ``1e400``; no schema): the database's refusal is
@@ -20,10 +21,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -36,12 +41,15 @@ from listeners.pipeline import CONFLICT_REASON, NOT_STORABLE_REASON, Disposition
 from listeners.router import RecordStatus, RouteAction
 from listeners.settings import IngressSettings
 from store.db import Database
+from store.events import DeviceEvent
 from store.tables import DEVICE_EVENTS, DEVICE_RUNS, DEVICES, ROUTE_OUTBOX
+from tests.support.postgres import PostgresServer
 
 pytestmark = [pytest.mark.integration]
 
+REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
-DEADLINE = 60.0
+DEADLINE = 90.0
 
 
 async def wait_until(probe: Callable[[], Awaitable[T]], what: str) -> T:
@@ -267,3 +275,92 @@ async def test_a_redelivered_duplicate_after_the_run_finished_starts_nothing(
     assert current is not None and current.run_id == start.result.run_id and current.finished
     assert outbox == []
     assert [str(r.id) for r in await prefect_runs(dev)] == [start.result.run_id]
+
+
+# -- a duplicate whose first delivery was cut off between recording and routing -----------------
+
+
+@pytest.fixture(scope="module")
+def served_db_url(postgres: PostgresServer) -> str:
+    return postgres.sqlalchemy_url(postgres.create_database("integrity"))
+
+
+@pytest.fixture(scope="module")
+def served_deployment(prefect_server: Any, served_db_url: str) -> Iterator[str]:
+    """The probe flow served by a subprocess on ``served_db_url`` (its runs really wait)."""
+    env = {**os.environ, **prefect_server.env, "ORCH_DB_URL": served_db_url}
+    log_path = Path(prefect_server.home) / "probe-serve-integrity.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.ingress_probe", "served-integrity"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        from prefect.client.orchestration import get_client
+
+        async def registered() -> bool:
+            async with get_client() as client:
+                try:
+                    await client.read_deployment_by_name("ingress-probe/served-integrity")
+                except Exception:
+                    return process.poll() is not None  # stop polling a dead server
+                return True
+
+        asyncio.run(wait_until(registered, "the served deployment"))
+        assert process.poll() is None, log_path.read_text()
+        yield "ingress-probe/served-integrity"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.mark.postgres
+async def test_a_duplicate_whose_first_delivery_was_never_routed_still_resumes_the_waiting_run(
+    served_db_url: str, served_deployment: str
+) -> None:
+    """Killed after recording and before routing: the redelivery is a duplicate, and the run that
+    waits for it would wait until its timeout if duplicates were routed nowhere. An unconsumed
+    duplicate the device's waiting run asks for resumes it; once consumed, it resumes nothing."""
+    from prefect.client.orchestration import get_client
+
+    async def state_of(run_id: str) -> Any:
+        async with get_client() as client:
+            return (await client.read_flow_run(uuid.UUID(run_id))).state
+
+    dev = device()
+    async with runtime(served_db_url, served_deployment) as rt:
+        start = await rt.local.send(dev, "onboard", {"mode": "wait", "for": "approve"})
+        assert start.result is not None and start.result.run_id is not None
+        run_id = start.result.run_id
+
+        async def paused() -> bool:
+            state = await state_of(run_id)
+            return state is not None and state.type.value == "PAUSED"
+
+        await wait_until(paused, "the run to suspend")
+        # The first delivery: recorded, then the listener died before routing it.
+        await rt.events.store.record(
+            DeviceEvent(device_id=dev, event_id="approve-1", name="approve", payload={"ok": True})
+        )
+        redelivered = await rt.local.send(dev, "approve", {"ok": True}, event_id="approve-1")
+
+        async def completed() -> Any:
+            state = await state_of(run_id)
+            return state if state is not None and state.is_final() else None
+
+        final = await wait_until(completed, "the resumed run to finish")
+        late = await rt.local.send(dev, "approve", {"ok": True}, event_id="approve-1")
+        consumed = not await rt.events.is_unconsumed(dev, "approve-1", "approve")
+
+    assert redelivered.result is not None
+    assert redelivered.result.recorded is RecordStatus.DUPLICATE
+    assert redelivered.result.action is RouteAction.RESUMED
+    assert final.type.value == "COMPLETED" and consumed
+    assert late.result is not None and late.result.action is RouteAction.IGNORED
