@@ -7,8 +7,8 @@ named with what failed and where, and the process exits with:
   integer``. The value itself is never printed (``ORCH_API_API_KEYS`` holds keys, ``ORCH_DB_URL``
   a password), only the variable and what was expected.
 - 1 for a service that cannot be reached: ``cannot reach the database postgresql+asyncpg://
-  app:***@db:5432/app: [Errno 111] Connect call failed ...`` or ``cannot reach the Prefect API at
-  http://...: All connection attempts failed``.
+  app:***@db:5432/app: [Errno 111] Connect call failed ...``, ``cannot reach the Prefect API at
+  http://...: All connection attempts failed`` or ``cannot reach Service Bus at sb://...: ...``.
 
 Anything else is a bug and keeps its traceback. Which service failed is read from the exception
 chain: a connection error raised inside the database drivers is the database's, one raised by
@@ -45,6 +45,14 @@ _DATABASE_CONNECT_ERRORS = frozenset(
         "ConnectionDoesNotExistError",
         "TooManyConnectionsError",
         "ClientConfigurationError",
+    }
+)
+_SERVICEBUS_CONNECT_ERRORS = frozenset(
+    {
+        "ServiceBusConnectionError",
+        "ServiceBusCommunicationError",
+        "ServiceBusAuthenticationError",
+        "ServiceBusAuthorizationError",
     }
 )
 _FIELD_IN_SETTINGS_ERROR = re.compile(r'error parsing value for field "([^"]+)"')
@@ -171,7 +179,29 @@ def _unreachable(exc: BaseException) -> str | None:
         return f"cannot reach the database {_database_url()}: {detail}"
     if any("TransportError" in _class_names(link) for link in chain):
         return f"cannot reach the Prefect API at {_prefect_url()}: {detail}"
+    if any(_class_names(link) & _SERVICEBUS_CONNECT_ERRORS for link in chain):
+        first = next(link for link in chain if _class_names(link) & _SERVICEBUS_CONNECT_ERRORS)
+        return f"cannot reach Service Bus at {_servicebus_where()}: {type(first).__name__}: {first}"
     return None
+
+
+def _servicebus_where() -> str:
+    """The namespace, from ``ORCH_SB_FULLY_QUALIFIED_NAMESPACE`` or the connection string's
+    ``Endpoint`` (the key stays out)."""
+    try:
+        from listeners.settings import ServiceBusSettings
+
+        settings = ServiceBusSettings()
+    except Exception:  # decoration of the message only
+        return "(ORCH_SB_*)"
+    if settings.fully_qualified_namespace:
+        return settings.fully_qualified_namespace
+    if settings.connection_string is not None:
+        for part in settings.connection_string.get_secret_value().split(";"):
+            name, _, value = part.partition("=")
+            if name.strip().lower() == "endpoint":
+                return value.strip()
+    return "(ORCH_SB_*)"
 
 
 def describe_failure(exc: BaseException) -> tuple[str, int] | None:

@@ -111,3 +111,19 @@ def test_serve_api_with_the_database_out_of_reach() -> None:
     line = _last_error(done, at_most=4)
     assert line.startswith("error: cannot reach the database postgresql+asyncpg://app:***@")
     assert "db-pass-42" not in done.stderr
+
+
+def test_deadletters_process_with_service_bus_out_of_reach() -> None:
+    port = free_port()
+    connection = (
+        f"Endpoint=sb://127.0.0.1:{port}/;SharedAccessKeyName=k;SharedAccessKey=sb-key-42;"
+        "UseDevelopmentEmulator=true;"
+    )
+
+    done = orchestration("deadletters", "process", ORCH_SB_CONNECTION_STRING=connection)
+
+    assert done.returncode == 1
+    # The processor's own log line of the stopped pass, then ours.
+    line = _last_error(done)
+    assert line.startswith(f"error: cannot reach Service Bus at sb://127.0.0.1:{port}/: ")
+    assert "sb-key-42" not in done.stderr
