@@ -389,6 +389,15 @@ var executorEnv = [
     name: 'PREFECT_FLOWS_HEARTBEAT_FREQUENCY'
     value: '30'
   }
+  {
+    // The executor's outbox reconciler starts deferred runs: of this deployment, not the local one.
+    name: 'ORCH_INGRESS_DEPLOYMENT'
+    value: 'run-workflow/${workflowDeployment}'
+  }
+  {
+    name: 'ORCH_INGRESS_WORKFLOW'
+    value: ingressWorkflow
+  }
 ]
 
 var listenerEnv = [

@@ -44,12 +44,14 @@ from tests.support.infra import (
 
 #: What each process reads from the environment, by the command it is started with.
 PROCESS_SETTINGS: dict[tuple[str, ...], tuple[type[BaseSettings], ...]] = {
+    # The executor also runs the outbox reconciler, which starts runs (cli/running.py).
     ("orchestration", "worker"): (
         DatabaseSettings,
         FlowSettings,
         HttpSettings,
         NotifySettings,
         DefinitionSettings,
+        IngressSettings,
     ),
     ("orchestration", "listen"): (
         ServiceBusSettings,
@@ -195,6 +197,9 @@ def test_required_settings_are_set_for_every_process_that_reads_them(bicep: Bice
             required.add("ORCH_SB_FULLY_QUALIFIED_NAMESPACE")
         if DefinitionSettings in models_of(command):
             required |= {"ORCH_DEFINITIONS_AZURE_CONTAINER", "ORCH_DEFINITIONS_AZURE_ACCOUNT_URL"}
+        if IngressSettings in models_of(command):
+            # Its default names the local deployment, which does not exist on Azure.
+            required.add("ORCH_INGRESS_DEPLOYMENT")
         if ApiSettings in models_of(command):
             required |= {"ORCH_API_API_KEYS", "ORCH_API_HOST"}
         missing = required - names
