@@ -14,6 +14,7 @@ document under the limits validates in under 2 s.
 - deep-templates: input templates full of plain paths (``$.input.a1.b[1].c``), each checked.
 - bracket-paths: the same with bracket and wildcard paths (``$['input']['a1'][*]``), which only
   jsonpath-ng's parser reads (about half a millisecond each).
+- many-conditions: one choice with thousands of rules, each a regex and a comparison.
 """
 
 from __future__ import annotations
@@ -121,6 +122,31 @@ def bracket_paths() -> str:
     return _fill(build)
 
 
+def many_conditions() -> str:
+    def build(count: int) -> str:
+        choices = [
+            {
+                "condition": {
+                    "op": "and",
+                    "conditions": [
+                        {
+                            "op": "matches",
+                            "variable": f"$.input.s{i}",
+                            "value": f"^SN-{i}-[0-9]{{6}}$",
+                        },
+                        {"op": "greaterThan", "variable": f"$.input.n{i}", "value": i},
+                    ],
+                },
+                "next": "Done",
+            }
+            for i in range(count)
+        ]
+        states = {"C": {"type": "choice", "choices": choices}, "Done": {"type": "succeed"}}
+        return _document(states, "C")
+
+    return _fill(build)
+
+
 SHAPES: dict[str, Callable[[], str]] = {
     "long-names": long_names,
     "near-names": near_names,
@@ -128,6 +154,7 @@ SHAPES: dict[str, Callable[[], str]] = {
     "unknown-activities": unknown_activities,
     "deep-templates": deep_templates,
     "bracket-paths": bracket_paths,
+    "many-conditions": many_conditions,
 }
 
 

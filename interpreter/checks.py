@@ -13,7 +13,7 @@ from typing import Any
 from interpreter.conditions import compile_condition, compile_regex
 from interpreter.durations import parse_duration, parse_timestamp
 from interpreter.errors import ExpressionError
-from interpreter.limits import MAX_EXPRESSION_LENGTH, MAX_PARSED_PATHS
+from interpreter.limits import MAX_EXPRESSION_LENGTH, MAX_PARSED_PATHS, MAX_REGEXES
 from interpreter.models import (
     TYPE_NAMES,
     CatchRule,
@@ -52,23 +52,44 @@ class Report:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
         self.hint = Hints()
-        self.parsed = 0  # paths that needed jsonpath-ng's parser so far
+        # Distinct paths that needed jsonpath-ng's parser, and distinct regexes: each costs about
+        # half a millisecond to a millisecond; True for those within the budget (compiled).
+        self.parsed: dict[str, bool] = {}
+        self.regexes: dict[str, bool] = {}
+
+    def over_budget(self) -> bool:
+        """True once too many paths or regexes were met: the rest are not compiled."""
+        return len(self.parsed) > MAX_PARSED_PATHS or len(self.regexes) > MAX_REGEXES
+
+    def over_regex_budget(self, pattern: str, where: str) -> bool:
+        """Count a distinct regex; past ``MAX_REGEXES`` it is not compiled (reported once)."""
+        message = (
+            f"more than {MAX_REGEXES:,} different regular expressions; the limit is {MAX_REGEXES:,}"
+        )
+        return self._over(self.regexes, pattern, MAX_REGEXES, "too-many-regexes", where, message)
 
     def over_parse_budget(self, expr: str, where: str) -> bool:
-        """Count a path the parser must read; past ``MAX_PARSED_PATHS``, report it once and say
-        so (the rest are not compiled: validation stays fast whatever the document holds)."""
+        """Count a distinct path the parser must read; past ``MAX_PARSED_PATHS`` it is not
+        compiled (reported once): validation stays fast whatever the document holds."""
         if is_plain_path(expr):
             return False
-        self.parsed += 1
-        if self.parsed == MAX_PARSED_PATHS + 1:
-            self.add(
-                "too-many-paths",
-                where,
-                f"more than {MAX_PARSED_PATHS:,} paths beyond plain names and indices (such as "
-                "$['a'], [*], slices or lists); the limit is "
-                f"{MAX_PARSED_PATHS:,}: write plain paths like $.input.a[0].b",
-            )
-        return self.parsed > MAX_PARSED_PATHS
+        message = (
+            f"more than {MAX_PARSED_PATHS:,} paths beyond plain names and indices (such as "
+            f"$['a'], [*], slices or lists); the limit is {MAX_PARSED_PATHS:,}: write plain "
+            "paths like $.input.a[0].b"
+        )
+        return self._over(self.parsed, expr, MAX_PARSED_PATHS, "too-many-paths", where, message)
+
+    def _over(
+        self, seen: dict[str, bool], key: str, limit: int, code: str, where: str, message: str
+    ) -> bool:
+        within = seen.get(key)
+        if within is None:
+            within = len(seen) < limit
+            if len(seen) == limit:
+                self.add(code, where, message)
+            seen[key] = within
+        return not within
 
     def add(
         self,
@@ -313,6 +334,8 @@ def _check_comparison(report: Report, cond: Comparison, at: str) -> None:
             "invalid-operand", where, f"{cond.op} takes a number or a timestamp; got {value!r}"
         )
     elif cond.op == "matches":
+        if report.over_regex_budget(value, where):
+            return
         try:
             compile_regex(value)
         except ExpressionError as exc:
@@ -334,7 +357,7 @@ def check_condition(report: Report, condition: Condition, where: str) -> None:
                 (c, at + pointer("conditions", i))
                 for i, c in reversed(list(enumerate(cond.conditions)))
             )
-    if len(report.problems) > before or report.parsed > MAX_PARSED_PATHS:
+    if len(report.problems) > before or report.over_budget():
         return
     try:
         compile_condition(condition)

@@ -12,6 +12,7 @@ __all__ = [
     "MAX_HINT_LENGTH",
     "MAX_MAP_ITEMS",
     "MAX_PARSED_PATHS",
+    "MAX_REGEXES",
     "MAX_REGEX_LENGTH",
     "MAX_RUN_STEPS",
     "MAX_SHAPE_PROBLEMS",
@@ -49,3 +50,5 @@ MAX_SHAPE_PROBLEMS: Final = 1_000
 #: Most paths in one definition beyond plain names and indices (``$['a'][*]``, slices, lists):
 #: jsonpath-ng's parser takes about half a millisecond for each, plain paths are read directly.
 MAX_PARSED_PATHS: Final = 2_000
+#: Most different regular expressions in one definition (about a millisecond each to compile).
+MAX_REGEXES: Final = 500

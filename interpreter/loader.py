@@ -41,6 +41,8 @@ _LIMIT_CODES = frozenset({"document-too-large", "too-deep", "too-many-states"})
 
 # A JSON string (escapes included) or one bracket. Strings are consumed whole so brackets inside
 # them do not count; the unrolled form never backtracks.
+# A surrogate escape (lone or in a pair) or a raw surrogate in a str: worth a walk to find which.
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
 _TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
 
 
@@ -83,8 +85,13 @@ class _DuplicateKeys(dict[str, Any]):
 
 def _decode(text: str | bytes) -> str:
     if isinstance(text, str):
-        # A str of more than MAX characters is larger in bytes too; skip encoding it.
-        size = len(text) if len(text) > MAX_DOCUMENT_BYTES else len(text.encode("utf-8"))
+        # A str of more than MAX characters is larger in bytes too; skip encoding it. A raw
+        # lone surrogate is reported where it is, later: count it as its three bytes here.
+        size = (
+            len(text)
+            if len(text) > MAX_DOCUMENT_BYTES
+            else len(text.encode("utf-8", "surrogatepass"))
+        )
     else:
         size = len(text)
     if size > MAX_DOCUMENT_BYTES:
@@ -143,12 +150,28 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _parse(text: str | bytes) -> Any:
+def _parse(text: str | bytes) -> tuple[Any, bool]:
+    """The document, and whether it may hold something ``_content_problems`` reports (a number
+    beyond a double, a member given twice, a surrogate): most documents need no second walk."""
     decoded = _decode(text)
     _check_depth(decoded)
+    marked: list[object] = []
+
+    def number(literal: str) -> float:
+        value = _float(literal)
+        if isinstance(value, _NonFinite):
+            marked.append(value)
+        return value
+
+    def members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result = _object(pairs)
+        if isinstance(result, _DuplicateKeys):
+            marked.append(result)
+        return result
+
     try:
-        return json.loads(
-            decoded, object_pairs_hook=_object, parse_constant=_refuse_constant, parse_float=_float
+        document = json.loads(
+            decoded, object_pairs_hook=members, parse_constant=_refuse_constant, parse_float=number
         )
     except json.JSONDecodeError as exc:
         raise _RefusedError(
@@ -160,6 +183,7 @@ def _parse(text: str | bytes) -> Any:
         ) from exc
     except ValueError as exc:  # NaN/Infinity, or an integer with too many digits
         raise _RefusedError(Problem("invalid-json", "", f"not valid JSON: {exc}")) from exc
+    return document, bool(marked) or _SURROGATE.search(decoded) is not None
 
 
 def _is_text(value: str) -> bool:
@@ -260,10 +284,10 @@ def _refuse(problem: Problem) -> DefinitionTooLargeError | DefinitionParseError:
 def parse_document(text: str | bytes) -> Any:
     """The limited JSON parse alone: size, depth, then JSON. Raises on any refusal."""
     try:
-        document = _parse(text)
+        document, suspect = _parse(text)
     except _RefusedError as refused:
         raise _refuse(refused.problem) from None
-    unreadable, duplicates = _content_problems(document)
+    unreadable, duplicates = _content_problems(document) if suspect else ([], [])
     if unreadable or duplicates:
         raise _refuse((unreadable + duplicates)[0])
     return document
@@ -272,7 +296,7 @@ def parse_document(text: str | bytes) -> Any:
 def read_definition(text: str | bytes) -> LoadResult:
     """Parse and build the definition, collecting every problem instead of raising."""
     try:
-        document = _parse(text)
+        document, suspect = _parse(text)
     except _RefusedError as refused:
         return LoadResult(None, [refused.problem])
     count = _count_states(document)
@@ -281,7 +305,7 @@ def read_definition(text: str | bytes) -> LoadResult:
             f"the definition has {count} states (branches included); the limit is {MAX_STATES}"
         )
         return LoadResult(None, [Problem("too-many-states", "/states", message)])
-    unreadable, problems = _content_problems(document)
+    unreadable, problems = _content_problems(document) if suspect else ([], [])
     if unreadable:
         # The models would repeat these (or, in free-form members, keep them): report them alone.
         return LoadResult(None, unreadable)

@@ -67,6 +67,7 @@ CODES: dict[str, str] = {
     "invalid-jsonpath": "a JSONPath expression that does not compile",
     "expression-too-long": "an expression longer than MAX_EXPRESSION_LENGTH",
     "too-many-paths": "more than MAX_PARSED_PATHS paths beyond plain names and indices",
+    "too-many-regexes": "more than MAX_REGEXES different regular expressions",
     "invalid-result-path": "a resultPath/errorPath that is not an assignable $.state path",
     "invalid-template": "a malformed $literal or $path object in an input/output template",
     "invalid-regex": "a matches pattern that does not compile or is too costly",

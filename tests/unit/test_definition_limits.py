@@ -348,3 +348,36 @@ def test_a_plain_path_compiles_to_the_steps_the_parser_gives(expr: str) -> None:
         assert simple is None  # a filter keyword: the parser refuses it with its reason
     else:
         assert simple == _flatten(expr, parse(expr))
+
+
+def test_different_regexes_are_bounded_and_a_repeated_one_counts_once() -> None:
+    from interpreter.limits import MAX_REGEXES
+
+    def text(patterns: list[str]) -> str:
+        choices = [
+            {"condition": {"op": "matches", "variable": "$.input.s", "value": p}, "next": "D"}
+            for p in patterns
+        ]
+        states = {"C": {"type": "choice", "choices": choices, "default": "D"}, "D": S}
+        return doc(states, "C")
+
+    same = ["^SN-[0-9]{6}$"] * (MAX_REGEXES + 10)
+    assert errors_of(text(same)) == []
+    different = [f"^SN-{i}$" for i in range(MAX_REGEXES + 10)]
+    where = f"/states/C/choices/{MAX_REGEXES}/condition/value"
+    assert errors_of(text(different)) == [("too-many-regexes", where)]
+
+
+def test_a_repeated_bracket_path_counts_once() -> None:
+    from interpreter.limits import MAX_PARSED_PATHS
+
+    template = {f"k{i}": "$['input']['a'][*]" for i in range(MAX_PARSED_PATHS + 10)}
+    task = {"type": "task", "activity": "notify.send", "input": template, "end": True}
+    assert errors_of(doc({"A": task})) == []
+
+
+def test_a_raw_lone_surrogate_in_text_given_as_str_is_reported_not_raised() -> None:
+    text = (
+        '{"name": "t\ud800", "version": "1", "startAt": "A", "states": {"A": {"type": "succeed"}}}'
+    )
+    assert errors_of(text) == [("invalid-string", "/name")]
