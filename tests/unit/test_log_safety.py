@@ -13,6 +13,7 @@ from operations.logtext import (
     configure_plain_logging,
     escape_controls,
     escape_handlers,
+    is_connection_failure,
 )
 
 FORGED = "2026-01-01 00:00:00,000 ERROR listeners.servicebus forged"
@@ -120,3 +121,26 @@ def test_configure_plain_logging_escapes_the_root_handler() -> None:
         root.setLevel(level)
     assert stream.getvalue().count("\n") == 1
     assert f"session s-1\\n{FORGED}" in stream.getvalue()
+
+
+class _ServerShutdownError(Exception):
+    """Shaped like asyncpg's AdminShutdownError: a SQLSTATE of class 57 (operator intervention)."""
+
+    sqlstate = "57P01"
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        _ServerShutdownError("terminating connection due to administrator command"),
+        ExceptionGroup("task group", [ConnectionRefusedError(111, "refused")]),
+        TimeoutError("connect timed out"),
+    ],
+    ids=["sqlstate-57", "task-group", "timeout"],
+)
+def test_connection_failures_are_recognised(exc: Exception) -> None:
+    assert is_connection_failure(exc)
+
+
+def test_a_bug_is_not_a_connection_failure() -> None:
+    assert not is_connection_failure(KeyError("device"))
