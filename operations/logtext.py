@@ -54,6 +54,9 @@ _CONNECTION_ERRORS = frozenset(
         "OperationTimeoutError",
     }
 )
+#: PostgreSQL error classes of a connection lost or refused: 08 connection exception, 57
+#: operator intervention (shutdown, terminated), 53 insufficient resources, 3D invalid catalog.
+_CONNECTION_SQLSTATES = ("08", "57", "53", "3D")
 #: What a traceback's continuation lines start with: never column 0.
 _CONTINUATION = "    "
 
@@ -82,9 +85,12 @@ def _chain(exc: BaseException) -> list[BaseException]:
     current: BaseException | None = exc
     while current is not None and current not in links:
         links.append(current)
-        current = current.__cause__ or (
-            None if current.__suppress_context__ else current.__context__
-        )
+        if isinstance(current, BaseExceptionGroup) and current.exceptions:
+            current = current.exceptions[0]  # a task group's first failure
+        else:
+            current = current.__cause__ or (
+                None if current.__suppress_context__ else current.__context__
+            )
     return links
 
 
@@ -94,6 +100,8 @@ def is_connection_failure(exc: BaseException) -> bool:
     for link in _chain(exc):
         names = {klass.__name__ for klass in type(link).__mro__}
         if isinstance(link, OSError) or names & _CONNECTION_ERRORS:
+            return True
+        if str(getattr(link, "sqlstate", "") or "").startswith(_CONNECTION_SQLSTATES):
             return True
     return False
 
