@@ -20,6 +20,8 @@ from drills import (  # noqa: F401 - importing a drill module registers its dril
     duplicates,
     listener_kill,
     listener_pair,
+    prefect_down,
+    versions,
     worker_kill,
 )
 from drills.catalog import DRILLS, Drill
@@ -47,7 +49,7 @@ def select(args: argparse.Namespace) -> list[Drill]:
     if unknown:
         raise SystemExit(f"unknown drill(s): {', '.join(unknown)} (--list shows them)")
     chosen = [DRILLS[name] for name in args.names] if args.names else list(DRILLS.values())
-    return [d for d in chosen if d.quick or not args.quick]
+    return sorted((d for d in chosen if d.quick or not args.quick), key=lambda d: d.number)
 
 
 async def run_one(platform: Platform, chosen: Drill) -> Row:
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for one in chosen:
             ci = "ci" if one.quick else "long"
-            print(f"{one.name:<16} {ci:<5} {one.injected}")
+            print(f"{one.name:<18} {one.number:<2} {ci:<5} {one.injected}")
         return 0
     try:
         rows = asyncio.run(run_all(chosen, progress=args.output == "text"))

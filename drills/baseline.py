@@ -12,6 +12,7 @@ DEVICES = 5
 
 @drill(
     "selfcheck",
+    0,
     injected="nothing (the framework's self-check)",
     expected=f"{DEVICES} devices x (hello, ready): 1 completed run each, 2 side effects each",
 )

@@ -78,6 +78,8 @@ class Drill:
     injected: str
     expected: str
     run: DrillFn
+    #: The drill's number in issue 8's list (0: the framework's self-check); the table's order.
+    number: int
     #: Under ~2 minutes: part of CI (tests/integration/test_drills.py runs the passing ones).
     quick: bool = True
 
@@ -89,12 +91,12 @@ DRILLS: dict[str, Drill] = {}
 
 
 def drill(
-    name: str, injected: str, expected: str, *, quick: bool = True
+    name: str, number: int, injected: str, expected: str, *, quick: bool = True
 ) -> Callable[[DrillFn], DrillFn]:
-    """Register a drill under ``name``."""
+    """Register a drill under ``name`` (``number``: its place in issue 8's list)."""
 
     def register(run: DrillFn) -> DrillFn:
-        DRILLS[name] = Drill(name, injected, expected, run, quick)
+        DRILLS[name] = Drill(name, injected, expected, run, number, quick)
         return run
 
     return register

@@ -41,6 +41,7 @@ async def terminate_backends(t: Trial, stop: asyncio.Event) -> int:
 
 @drill(
     "pg-terminate",
+    4,
     injected=f"pg_terminate_backend on every app-database connection every {TERMINATE_EVERY} s "
     f"for {TERMINATE_FOR:g} s under load ({DEVICES} devices)",
     expected="each event stored once, 1 completed run per device, each side effect once",

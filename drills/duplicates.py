@@ -24,6 +24,7 @@ async def wait_completed(t: Trial, device: str) -> None:
 
 @drill(
     "duplicates",
+    5,
     injected=(
         "same message id twice; same event id twice; same event id, other content; the start "
         "event again after the run ended; ready before hello; unparseable; oversized; "

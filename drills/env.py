@@ -13,15 +13,19 @@ The launchers are the tests' own (``tests.support``): one way to start each part
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from drills.procs import REPO, Process
 from drills.sink import Sink
@@ -40,12 +44,15 @@ class DrillSetupError(RuntimeError):
     """The environment could not be built (no PostgreSQL, no ../shared, a part did not start)."""
 
 
-def definition(sink_url: str) -> dict[str, Any]:
+def definition(sink_url: str, version: str = "1", timer: float | None = None) -> dict[str, Any]:
     """One device episode: announce (a side effect), wait for ``device.ready``, finish (another).
 
     Both steps post to the sink with the step's idempotency key; retries ride out a sink or worker
-    hiccup without a new key.
+    hiccup without a new key. Versions other than 1 post to ``<step>-v<version>``, so the sink
+    tells which version ran a step. With ``timer`` the run waits that many seconds instead of
+    waiting for ``device.ready``.
     """
+    suffix = "" if version == "1" else f"-v{version}"
 
     def post(step: str) -> dict[str, Any]:
         return {
@@ -53,27 +60,32 @@ def definition(sink_url: str) -> dict[str, Any]:
             "activity": "http.request",
             "input": {
                 "method": "POST",
-                "url": f"{sink_url}/{step}",
+                "url": f"{sink_url}/{step}{suffix}",
                 "json": {"device": "$.system.deviceId", "step": step},
             },
             "retry": {"maxAttempts": 10, "intervalSeconds": 1, "backoffRate": 1},
             "resultPath": f"$.state.{step}",
         }
 
+    late = {"Late": {"type": "fail", "error": "DrillTimeout", "cause": "no device.ready"}}
     return {
         "name": WORKFLOW,
-        "version": "1",
+        "version": version,
         "configuration": {"onFailure": "fail"},
         "startAt": "Announce",
         "states": {
             "Announce": {**post("announce"), "next": "WaitReady"},
-            "WaitReady": {
-                "type": "wait",
-                "event": {"name": "device.ready", "timeoutSeconds": 600, "timeoutNext": "Late"},
-                "next": "Finish",
-            },
+            "WaitReady": (
+                {"type": "wait", "seconds": timer, "next": "Finish"}
+                if timer is not None
+                else {
+                    "type": "wait",
+                    "event": {"name": "device.ready", "timeoutSeconds": 600, "timeoutNext": "Late"},
+                    "next": "Finish",
+                }
+            ),
             "Finish": {**post("finish"), "end": True},
-            "Late": {"type": "fail", "error": "DrillTimeout", "cause": "no device.ready"},
+            **({} if timer is not None else late),
         },
     }
 
@@ -85,6 +97,7 @@ class Platform:
     postgres: PostgresServer
     prefect: PrefectServer
     workdir: Path
+    _prefect_env: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def start(cls) -> Platform:
@@ -99,6 +112,41 @@ class Platform:
             postgres.close()
             raise DrillSetupError(str(exc)) from exc
         return cls(postgres, prefect, Path(tempfile.mkdtemp(prefix="orch-drills-")))
+
+    def stop_prefect(self) -> None:
+        """Stop the Prefect server (SIGTERM), keeping what ``start_prefect`` needs to bring it
+        back on the same port with the same database: its command and its own environment."""
+        process = self.prefect.process
+        environ = Path(f"/proc/{process.pid}/environ").read_bytes()
+        self._prefect_env = dict(
+            item.split("=", 1) for item in environ.decode().split("\0") if "=" in item
+        )
+        self.prefect.stop()
+
+    async def start_prefect(self, deadline: float = 120.0) -> None:
+        """Start the stopped server again, as it was; returns once it answers its health check."""
+        process = await asyncio.to_thread(self._spawn_prefect)
+        end = time.monotonic() + deadline
+        async with httpx.AsyncClient(timeout=2) as client:
+            while time.monotonic() < end:
+                if process.poll() is not None:
+                    raise DrillSetupError(f"prefect server exited:\n{self.prefect.log_tail()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{self.prefect.api_url}/health")).status_code == 200:
+                        return
+                await asyncio.sleep(0.3)
+        raise DrillSetupError(f"prefect server not healthy again within {deadline:g}s")
+
+    def _spawn_prefect(self) -> subprocess.Popen[bytes]:
+        with self.prefect.log_path.open("ab") as log:
+            self.prefect.process = subprocess.Popen(  # noqa: S603 - the same command as before
+                list(self.prefect.process.args),  # type: ignore[arg-type]
+                env=self._prefect_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self.prefect.process
 
     def close(self) -> None:
         self.prefect.stop()

@@ -46,6 +46,7 @@ async def held_and_killed(t: Trial, holding: Process, device: str, name: str) ->
 
 @drill(
     "listener-routed",
+    1,
     injected="listener SIGKILL right after routing, before completing (a start, a resume, a start)",
     expected="each event stored once, 1 completed run per device, each side effect once",
 )
@@ -75,6 +76,7 @@ async def listener_routed(platform: Platform, row: Row) -> Row:
 
 @drill(
     "listener-random",
+    1,
     injected=f"listener SIGKILL at {RANDOM_KILLS} random moments under load, restarted at once",
     expected="each event stored once, 1 completed run per device, each side effect once",
 )

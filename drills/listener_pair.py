@@ -22,6 +22,7 @@ HOLD_ROWS_FOR = 3.2 * LOCK_DURATION
 
 @drill(
     "listener-pair",
+    6,
     injected=f"two listeners on one queue; {SLOW_DEVICES} devices' rows locked in PostgreSQL for "
     f"{HOLD_ROWS_FOR:g} s (broker lock {LOCK_DURATION:g} s) while their events arrive",
     expected="each event stored once (the slow ones too), 1 completed run per device, "

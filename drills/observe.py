@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from azure.servicebus import ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 
 from drills.env import Stage
+from drills.sink import Hit
 
 __all__ = ["Expect", "Letter", "Observer", "Snapshot"]
 
@@ -40,6 +42,8 @@ class Expect:
     dead_letters: dict[str, str] = field(default_factory=dict)
     #: Messages that may be dead-lettered (with a reason) or accepted: either is correct.
     optional_letters: set[str] = field(default_factory=set)
+    #: A drill's own checks on the figures (each returns its problems).
+    checks: list[Callable[[Snapshot], list[str]]] = field(default_factory=list)
 
     def add(self, device: str, *event_ids: str) -> None:
         self.events.setdefault(device, set()).update(event_ids)
@@ -61,6 +65,7 @@ class Snapshot:
     keys: dict[str, Counter[str]]
     outbox_pending: int
     letters: list[Letter]
+    hits: list[Hit] = field(default_factory=list)
 
     @property
     def stored_total(self) -> int:
@@ -112,6 +117,8 @@ class Snapshot:
                 found.append(f"{device}: key {over[0]} seen {keys[over[0]]} times")
         if self.outbox_pending:
             found.append(f"{self.outbox_pending} outbox entries pending")
+        for check in expect.checks:
+            found.extend(check(self))
         if letters:
             seen = {
                 letter.message_id: letter.reason
@@ -153,7 +160,7 @@ class Observer:
         stored, pending = await self._database()
         runs = await self._runs(devices)
         keys = self.stage.sink.keys_per_device()
-        return Snapshot(stored, runs, keys, pending, list(self.letters))
+        return Snapshot(stored, runs, keys, pending, list(self.letters), self.stage.sink.hits())
 
     async def _database(self) -> tuple[dict[tuple[str, str], int], int]:
         conn = await asyncpg.connect(self.stage.app_dsn, timeout=10)
@@ -231,5 +238,7 @@ async def settle(
             if not snap.problems(expect):
                 return snap, time.monotonic() - since
         if time.monotonic() > end:
-            return await observer.snapshot(devices, drain_letters=True), None
+            snap = await observer.snapshot(devices, drain_letters=True)
+            clean = not snap.problems(expect)
+            return snap, (time.monotonic() - since) if clean else None
         await asyncio.sleep(1.0)

@@ -39,6 +39,7 @@ async def load_and_kill(t: Trial, victim: str) -> None:
 
 @drill(
     "worker-restart",
+    2,
     injected=f"worker SIGKILL with >= {IN_FLIGHT} activities in flight ({DEVICES} devices), "
     "restarted",
     expected="every run finished within 60 s of the kill; each key once (the one in flight: twice)",
@@ -54,6 +55,7 @@ async def worker_restart(platform: Platform, row: Row) -> Row:
 
 @drill(
     "worker-survivor",
+    2,
     injected=f"one of two workers SIGKILLed with activities in flight ({DEVICES} devices), "
     "not restarted",
     expected="the live worker finishes every run within 60 s of the kill; each key once (or twice)",
