@@ -5,7 +5,8 @@ the ``ORCH_*`` names read straight from the environment (found in the package so
 own setting names, and the CLI's options. The Bicep side is read as text (tests/support/infra.py):
 every Container App and Job, its command, its env entries and the Key Vault secrets it may read.
 What a process reads is declared once here, by its command (PROCESS_SETTINGS), the one
-hand-written link; everything on either side of it is derived.
+hand-written link, and tests/integration/test_process_settings.py checks it against the running
+processes (the models each one really builds); everything on either side of it is derived.
 """
 
 from __future__ import annotations
