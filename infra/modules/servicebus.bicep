@@ -35,7 +35,7 @@ var receiverRole = '4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0' // Azure Service Bus D
 var senderRole = '69a216fc-b8fb-44d8-bc22-1f3c2cd27a39' // Azure Service Bus Data Sender
 
 resource namespace 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' = {
-  name: 'sb-${prefix}'
+  name: 'sb-${prefix}-${uniqueString(resourceGroup().id)}'
   location: location
   tags: tags
   sku: {
