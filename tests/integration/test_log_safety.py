@@ -8,6 +8,7 @@ Real parts: the fake Service Bus (real SDK), the Prefect server and PostgreSQL o
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,8 @@ from typing import Any
 
 import asyncpg
 import pytest
+from azure.servicebus import ServiceBusMessage
+from azure.servicebus.aio import ServiceBusClient
 
 from tests.integration.test_deadletters import dead_letter
 from tests.support.fake_servicebus import Broker, start_broker
@@ -97,6 +100,15 @@ def test_send_event_escapes_a_newline_in_the_device_and_event_name(
     assert f"device=dev-nl\\n{FORGED}" in done.stdout + done.stderr
 
 
+async def _send(broker: Broker, device: str) -> None:
+    async with (
+        ServiceBusClient.from_connection_string(broker.connection_string) as client,
+        client.get_queue_sender(broker.queue) as sender,
+    ):
+        body = json.dumps({"deviceId": device, "name": "boot", "payload": {}})
+        await sender.send_messages(ServiceBusMessage(body, session_id=device, message_id="nl-1"))
+
+
 async def _drop(postgres: PostgresServer, database: str) -> None:
     conn = await asyncpg.connect(postgres.admin_dsn, timeout=10)
     try:
@@ -111,7 +123,7 @@ def _wait_for(what: str, probe: Any, process: subprocess.Popen[bytes], log: Path
         if probe():
             return
         if process.poll() is not None:
-            raise AssertionError(f"listen exited ({process.returncode}):\n{log.read_text()}")
+            raise AssertionError(f"exited ({process.returncode}):\n{log.read_text()}")
         time.sleep(0.2)
     raise AssertionError(f"{what}: not within {DEADLINE}s\n{log.read_text()[-4000:]}")
 
@@ -145,6 +157,14 @@ def test_listen_logs_one_line_per_retry_when_its_database_goes_away(
         _wait_for(
             "listening", lambda: "listening on queue" in log_path.read_text(), process, log_path
         )
+        # A session id with a newline first: the listener's line about it is one line.
+        asyncio.run(_send(broker, f"dev-nl\n{FORGED}"))
+        _wait_for(
+            "the message handled",
+            lambda: f"device=dev-nl\\n{FORGED}" in log_path.read_text(),
+            process,
+            log_path,
+        )
         asyncio.run(_drop(postgres, database))
         _wait_for(
             "three failed reconciler passes",
@@ -160,6 +180,8 @@ def test_listen_logs_one_line_per_retry_when_its_database_goes_away(
             process.kill()
             process.wait(timeout=10)
     text = log_path.read_text()
+    _no_forged_line(text)
     failures = [line for line in text.splitlines() if "reconciler pass failed" in line]
-    assert "Traceback" not in text, text[-4000:]
+    at = text.find("Traceback")
+    assert at < 0, text[max(0, at - 400) : at + 6000]
     assert all(f'"{database}" does not exist' in line or "Error" in line for line in failures)
