@@ -191,6 +191,7 @@ module monitoring 'modules/monitoring.bicep' = {
 module serviceBus 'modules/servicebus.bicep' = {
   name: 'servicebus'
   params: {
+    workspaceId: monitoring.outputs.workspaceId
     location: location
     prefix: prefix
     tags: tags
@@ -238,6 +239,7 @@ module storage 'modules/storage.bicep' = {
 module postgres 'modules/postgres.bicep' = {
   name: 'postgres'
   params: {
+    workspaceId: monitoring.outputs.workspaceId
     location: location
     prefix: prefix
     tags: tags
@@ -259,6 +261,7 @@ module postgres 'modules/postgres.bicep' = {
 module keyVault 'modules/keyvault.bicep' = {
   name: 'keyvault'
   params: {
+    workspaceId: monitoring.outputs.workspaceId
     location: location
     prefix: prefix
     tags: tags

@@ -35,6 +35,9 @@ param prefectAuthString string
 
 param insightsName string
 
+@description('Log Analytics workspace that receives the diagnostic logs.')
+param workspaceId string
+
 resource insights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: insightsName
 }
@@ -98,6 +101,27 @@ resource values 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = [
     }
   }
 ]
+
+// Its logs and metrics go to the Log Analytics workspace (docs/AZURE.md, "Monitoring").
+resource diagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'to-log-analytics'
+  scope: vault
+  properties: {
+    workspaceId: workspaceId
+    logs: [
+      {
+        categoryGroup: 'allLogs'
+        enabled: true
+      }
+    ]
+    metrics: [
+      {
+        category: 'AllMetrics'
+        enabled: true
+      }
+    ]
+  }
+}
 
 output name string = vault.name
 output uri string = vault.properties.vaultUri

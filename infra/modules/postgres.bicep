@@ -36,6 +36,9 @@ param vnetId string
 param prefectDatabase string
 param orchestrationDatabase string
 
+@description('Log Analytics workspace that receives the diagnostic logs.')
+param workspaceId string
+
 // The server's name resolves through this zone from the linked network only.
 resource dnsZone 'Microsoft.Network/privateDnsZones@2020-06-01' = {
   name: '${prefix}.private.postgres.database.azure.com'
@@ -108,6 +111,27 @@ resource orchestrationDb 'Microsoft.DBforPostgreSQL/flexibleServers/databases@20
   properties: {
     charset: 'UTF8'
     collation: 'en_US.utf8'
+  }
+}
+
+// Its logs and metrics go to the Log Analytics workspace (docs/AZURE.md, "Monitoring").
+resource diagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'to-log-analytics'
+  scope: server
+  properties: {
+    workspaceId: workspaceId
+    logs: [
+      {
+        categoryGroup: 'allLogs'
+        enabled: true
+      }
+    ]
+    metrics: [
+      {
+        category: 'AllMetrics'
+        enabled: true
+      }
+    ]
   }
 }
 

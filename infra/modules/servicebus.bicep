@@ -15,6 +15,9 @@ param sku string
 
 param queueName string
 
+@description('Log Analytics workspace that receives the diagnostic logs.')
+param workspaceId string
+
 @description('Deliveries before a message goes to the dead-letter queue.')
 @minValue(1)
 param maxDeliveryCount int
@@ -89,6 +92,27 @@ resource senders 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
     }
   }
 ]
+
+// Its logs and metrics go to the Log Analytics workspace (docs/AZURE.md, "Monitoring").
+resource diagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'to-log-analytics'
+  scope: namespace
+  properties: {
+    workspaceId: workspaceId
+    logs: [
+      {
+        categoryGroup: 'allLogs'
+        enabled: true
+      }
+    ]
+    metrics: [
+      {
+        category: 'AllMetrics'
+        enabled: true
+      }
+    ]
+  }
+}
 
 output namespaceName string = namespace.name
 output fullyQualifiedNamespace string = '${namespace.name}.servicebus.windows.net'
