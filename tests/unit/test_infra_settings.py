@@ -176,6 +176,7 @@ def test_required_settings_are_set_for_every_process_that_reads_them(bicep: Bice
         required: set[str] = set()
         for model in models_of(command):
             required |= {name for name, f in env_names(model).items() if f.is_required()}
+        # Beyond the models' own required fields, what Azure needs where a default is local-only.
         if DatabaseSettings in models_of(command):
             # In a container the embedded SQLite default is a file lost with the replica.
             required.add("ORCH_DB_URL")
