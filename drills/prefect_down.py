@@ -16,8 +16,8 @@ from drills.report import Row
 WAITING = 10
 ARRIVING = 10
 DOWN_SECONDS = 40.0
-TIMER_SECONDS = 25.0
-TIMER_DOWN_SECONDS = 30.0
+TIMER_SECONDS = 45.0
+TIMER_DOWN_SECONDS = 45.0
 
 
 async def all_paused(t: Trial, devices: list[str], deadline: float = 120.0) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from drills.catalog import Trial, drill, trial
+from drills.catalog import HEAL_DEADLINE, Trial, drill, trial
 from drills.env import Platform
 from drills.report import Row
 
@@ -50,7 +50,7 @@ async def worker_restart(platform: Platform, row: Row) -> Row:
         await load_and_kill(t, "worker")
         (worker,) = (p for p in t.stage.processes if p.name == "worker")
         worker.start()
-        return await t.settle()
+        return await t.settle(HEAL_DEADLINE)
 
 
 @drill(
@@ -64,4 +64,4 @@ async def worker_survivor(platform: Platform, row: Row) -> Row:
     async with trial(platform, row) as t:
         await t.stage.start_system(workers=2)
         await load_and_kill(t, "worker1")
-        return await t.settle()
+        return await t.settle(HEAL_DEADLINE)
