@@ -8,6 +8,7 @@ README's Reliability section lists them. ``./dev drills`` runs them all.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,7 @@ from drills.__main__ import run_one
 from drills.catalog import DRILLS
 from drills.env import Platform
 from drills.observe import Expect, Letter, Snapshot
-from drills.report import render_table
+from drills.report import Row, render_json, render_table
 from tests.support.postgres import PostgresServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,6 +77,17 @@ def test_a_step_in_flight_at_a_kill_may_run_once_more_with_the_same_key() -> Non
     wanted.extra_per_key = 1
     assert snapshot(keys={"d1": Counter({"k1": 2, "k2": 1})}).problems(wanted) == []
     assert snapshot(keys={"d1": Counter({"k1": 3, "k2": 1})}).problems(wanted) != []
+
+
+def test_the_table_and_the_json_carry_every_row_and_the_verdict() -> None:
+    good = Row("good", "nothing", "all fine").fill(snapshot(), expect(), sent=2, heal=1.5)
+    bad = Row("bad", "a kill", "all fine").fill(snapshot(outbox_pending=1), expect(), 2, None)
+    table = render_table([good, bad])
+    assert "good" in table and "PASS" in table and "FAIL" in table and "1/2 drills passed" in table
+    document = json.loads(render_json([good, bad]))
+    assert [d["passed"] for d in document["drills"]] == [True, False]
+    assert document["passed"] is False
+    assert document["drills"][1]["problems"] == ["1 outbox entries pending"]
 
 
 def drills_cli(*args: str) -> subprocess.CompletedProcess[str]:
