@@ -19,19 +19,21 @@ whole run suspends, and on resume every branch replays from the journal.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from prefect.client.schemas.objects import State
 from prefect.exceptions import Pause
 
 from flows import steps, trail
+from flows.delivery import deliver_event
 from flows.runtime import FlowSettings
 from flows.suspension import suspend, waiting_message
-from flows.wake import WakeInput
+from flows.wake import DELIVER_EVENT, FIRE_TIMER, WakeInput, wake_description, wake_schema
 from interpreter.engine import Engine
 from interpreter.errors import OrchestrationError
 from interpreter.models import RetryPolicy
@@ -112,6 +114,8 @@ class RunDriver:
     compensated: int = 0
     compensations_failed: int = 0
     _suspend_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Who decided a wait's outcome, by (path, visit): an operator's resume, said on its row.
+    _notes: dict[tuple[str, int], str] = field(default_factory=dict)
     _suspended: bool = False
 
     async def drive(
@@ -130,6 +134,9 @@ class RunDriver:
 
     def _report(self, entries: list[TrailEntry]) -> None:
         for entry in entries:
+            note = self._notes.get((entry.path, entry.visit)) if entry.type == "wait" else None
+            if note is not None:
+                entry = entry.model_copy(update={"outcome": f"{entry.outcome} ({note})"})
             self.trail.append(entry)
             self.logger.info(
                 "%s [%s #%d] %s",
@@ -267,28 +274,105 @@ class RunDriver:
             if claimed is not None:
                 await steps.resolve_wait(self.run_id, key, "event")
                 return _received(claimed)
-        # Suspend until woken. A wake that is not for this wait (a timer resume that reached the
-        # run early, an event another wait took) suspends again under the next key: the sequence
-        # of keys is deterministic, so a replay walks through the same stored wakes.
+        # Suspend until a resume says what to do; one the run cannot use is said (state message
+        # and a warning) and the run waits again at the same wait. Prefect refuses a pause key
+        # twice, so the next suspend is ``<key>-r<n>``: deterministic, so a replay walks
+        # through the same stored inputs and journalled decisions.
         attempt = 0
+        unused: str | None = None
         while True:
             suspend_key = key if attempt == 0 else f"{key}-r{attempt}"
-            wake = await self._suspend(suspend_key, action)
-            timer_due = until is not None and wake.kind == "timer" and wake.at >= until
-            if event is None:
-                if timer_due and until is not None:
-                    return WaitElapsed(at=until)
-            else:
-                claimed = await self._claim(
-                    steps.cache_key(self.run_id, "claim-after", suspend_key), event, key
-                )
-                if claimed is not None:
-                    return _received(claimed)
-                if timer_due and until is not None:
-                    # When the timeout was taken (the wake's time, stored with the resume, so a
-                    # replay reads the same), not the deadline it was due at.
-                    return EventTimedOut(at=max(until, wake.at))
+            wake = await self._suspend(suspend_key, action, unused)
+            taken = await self._take(wake, action, suspend_key)
+            if not isinstance(taken, str):
+                return taken
+            unused = taken
             attempt += 1
+            await self._say_unused(action.path, unused, f"{key}-r{attempt}")
+
+    async def _take(self, wake: WakeInput, action: WaitFor, suspend_key: str) -> Outcome | str:
+        """The outcome a resume asks for, or why the wait cannot use it (a refusal)."""
+        event, until = action.event, action.until
+        if wake.problem is not None:
+            return wake.problem
+        if wake.action == FIRE_TIMER:
+            if until is None:
+                return "fire-timer: this wait has no timer or timeout"
+            at = await self._woken_at(suspend_key)
+            self._note(action, f"fired by an operator's resume at {_hms(at)}, due {_hms(until)}")
+            self.logger.info("%s: timer fired now by an operator's resume", action.path)
+            return WaitElapsed(at=at) if event is None else EventTimedOut(at=at)
+        if wake.action == DELIVER_EVENT:
+            if event is None or (wake.event is not None and wake.event != event):
+                return f"deliver-event: this wait expects {event!r}, not {wake.event!r}"
+            event_id = wake.event_id or f"resume-{self.run_id}-{_digest(suspend_key)}"
+            subject, claim_key, payload = (
+                self.subject,
+                self._claim_key(action.wait_key),
+                wake.payload,
+            )
+            delivered: dict[str, Any] = await steps.once(
+                steps.cache_key(self.run_id, "deliver", suspend_key),
+                "deliver",
+                lambda: deliver_event(subject, event, payload, event_id, claim_key),
+            )
+            if "refused" in delivered:
+                return f"deliver-event: {delivered['refused']}"
+            self._note(action, f"delivered by an operator's resume (event id {event_id})")
+            return _received(delivered)
+        if wake.kind is None:
+            return "the resume carried neither an action nor a wake-up"
+        if event is not None:
+            claimed = await self._claim(
+                steps.cache_key(self.run_id, "claim-after", suspend_key), event, action.wait_key
+            )
+            if claimed is not None:
+                return _received(claimed)
+        if wake.kind == "event":
+            if event is None:
+                return "an event wake-up, but this wait is a timer"
+            return f"woken for event {event!r}, but none is stored for {self.subject} yet"
+        if until is None:
+            return "a timer wake-up, but this wait has no timer"
+        # The run's own clock decides whether the timer is due (never the input's ``at``); one a
+        # little ahead of the resumer's sleeps the difference in place.
+        due = until.isoformat()
+        timer = await steps.once(
+            steps.cache_key(self.run_id, "sleep", f"{suspend_key}:timer"),
+            "sleep",
+            lambda: steps.sleep_if_short(due, self.settings.short_wait_seconds),
+        )
+        if not timer["slept"]:
+            return (
+                f"a timer wake-up {timer['remaining']:.0f}s before the deadline {_hms(until)}; "
+                "to take it now, resume with action fire-timer"
+            )
+        if event is None:
+            return WaitElapsed(at=until)
+        # When the timeout was taken (journalled: a replay reads the same), not the deadline.
+        return EventTimedOut(at=max(until, until - timedelta(seconds=timer["remaining"])))
+
+    async def _say_unused(self, path: str, reason: str, next_key: str) -> None:
+        """One warning per resume not used (journalled: a replay walking past it says nothing)."""
+
+        async def warn() -> bool:
+            self.logger.warning(
+                "%s: resume not used: %s; still waiting (wait key %s)", path, reason, next_key
+            )
+            return True
+
+        await steps.once(steps.cache_key(self.run_id, "unused", next_key), "unused", warn)
+
+    async def _woken_at(self, suspend_key: str) -> datetime:
+        """Now, by the run's clock, journalled for this wake-up (a replay reads the same)."""
+        moment: str = await steps.once(
+            steps.cache_key(self.run_id, "woken", suspend_key), "woken", _now_iso
+        )
+        return datetime.fromisoformat(moment)
+
+    def _note(self, action: WaitFor, note: str) -> None:
+        """Say on the wait's trail row who decided its outcome (an operator's resume)."""
+        self._notes[(action.path, action.visit)] = note
 
     async def _claim(self, journal_key: str, event: str, wait_key: str) -> dict[str, Any] | None:
         """The event claimed for the wait, or None; journalled, so "none yet" stays the answer
@@ -304,13 +388,18 @@ class RunDriver:
         run id makes it unique (a later run must never receive an earlier run's event)."""
         return f"{self.run_id}:{wait_key}"
 
-    async def _suspend(self, key: str, action: WaitFor) -> WakeInput:
-        """Register the wait, then suspend the run until the resumer or the router wakes it."""
+    async def _suspend(self, key: str, action: WaitFor, unused: str | None) -> WakeInput:
+        """Register the wait, then suspend the run until the resumer, the router or an operator
+        resumes it. ``unused``: why the previous resume of this wait was not used."""
         until = action.until
         await steps.register_wait(
             self.run_id, key, self.subject, action.event, until.isoformat() if until else None
         )
         message = waiting_message(action.path, action.event, self.subject, until)
+        schema = wake_schema(action.event, until is not None)
+        description = wake_description(message, action.event, until)
+        if unused is not None:
+            message = f"{message} (last resume not used: {unused})"
 
         async def publish_trail_so_far() -> None:
             rows = trail.trail_rows(self.trail)
@@ -323,12 +412,17 @@ class RunDriver:
                 await asyncio.Event().wait()
             try:
                 wake = await suspend(
-                    key, message, logger=self.logger, on_suspended=publish_trail_so_far
+                    key,
+                    message,
+                    logger=self.logger,
+                    schema=schema,
+                    description=description,
+                    on_suspended=publish_trail_so_far,
                 )
             except Pause:
                 self._suspended = True
                 raise
-        await steps.resolve_wait(self.run_id, key, wake.kind)
+        await steps.resolve_wait(self.run_id, key, wake.how)
         return wake
 
     # --- branches ------------------------------------------------------------------------------
@@ -407,6 +501,18 @@ class RunDriver:
                     result["cause"],
                 )
         return CompensationsRan(failures=failures, at=at)
+
+
+async def _now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _hms(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%H:%M:%S UTC")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _received(claimed: dict[str, Any]) -> EventReceived:
