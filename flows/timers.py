@@ -54,6 +54,16 @@ class PrefectUnreachableError(Exception):
     """Prefect did not answer (refused, timed out, 5xx): the tick ends, the next one retries."""
 
 
+def _at_wait(pause_key: str | None, wait_key: str) -> bool:
+    """Whether a run paused under ``pause_key`` waits at ``wait_key``: the key itself, or
+    ``<wait key>-r<n>`` (a run that could not use a resume suspends again at the same wait under
+    a new key, since Prefect refuses a pause key twice)."""
+    if pause_key == wait_key:
+        return True
+    prefix = f"{wait_key}-r"
+    return bool(pause_key and pause_key.startswith(prefix) and pause_key[len(prefix) :].isdigit())
+
+
 @dataclass
 class ResumerStats:
     resumed_timer: int = 0
@@ -150,7 +160,7 @@ class Resumer:
         if state is None or state.type != StateType.PAUSED:
             self.stats.not_yet_paused += 1  # not suspended yet, or replaying: next tick
             return False
-        if state.state_details.pause_key != wait.wait_key:
+        if not _at_wait(state.state_details.pause_key, wait.wait_key):
             # Suspended at another wait (another branch): a resume now would wake that one.
             return False
         try:

@@ -311,3 +311,20 @@ def _past() -> Any:
     from datetime import UTC, datetime, timedelta
 
     return datetime.now(UTC) - timedelta(seconds=1)
+
+
+async def test_a_run_waiting_again_at_the_same_wait_is_resumed(
+    prefect_server: Any, resources: runtime.Resources, log: list[logging.LogRecord]
+) -> None:
+    """A run that could not use a resume suspends again at the same wait under ``<key>-r<n>``
+    (Prefect refuses a pause key twice): its timer still wakes it. A run paused at another wait
+    (another branch) is left alone."""
+    again, elsewhere = await _idle_runs(2, "resumer-again")
+    await _suspend(again, "wait-x-r1")
+    await _suspend(elsewhere, "wait-other-branch")
+    await resources.waits.register(str(again), "wait-x", None, None, due_at=_past())
+    await resources.waits.register(str(elsewhere), "wait-y", None, None, due_at=_past())
+
+    assert await Resumer().tick() == 1
+    assert await _state_name(again) == "Resuming"
+    assert await _state_name(elsewhere) == "Suspended"
