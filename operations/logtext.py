@@ -8,8 +8,9 @@ them by construction; this module does the same for the plain-text logs of ``lis
 
 - ``escape_controls(text)`` writes every C0/C1 control character, DEL and the Unicode line and
   paragraph separators as a visible escape (``\\n``, ``\\x1b``, ``\\u2028``), as ``repr`` would.
-- ``EscapingFormatter`` escapes the message of each record; a traceback keeps its lines, each
-  continuation indented, so a line that starts at column 0 is always a record of its own. A
+- ``EscapingFormatter`` escapes the message of each record and masks known secret shapes in it
+  (``observability.redact``, as the JSON logs do); a traceback keeps its lines, every one
+  indented, so a line that starts at column 0 is always a record of its own. A
   connection failure (``is_connection_failure``) is one line, ``message: Error: why``, not a
   traceback: a process that retries an unreachable service every second logs a line per retry.
 - ``configure_plain_logging()`` is the CLI's ``logging.basicConfig`` with that formatter, and
@@ -80,6 +81,13 @@ def _indented(text: str) -> str:
     return "\n".join(_CONTINUATION + escape_controls(line) for line in text.splitlines())
 
 
+def _redact(text: str) -> str:
+    """The JSON logs' secret masking (``observability.redact``), for the plain-text ones too."""
+    from operations.observability import redact
+
+    return redact(text)
+
+
 def _chain(exc: BaseException) -> list[BaseException]:
     links: list[BaseException] = []
     current: BaseException | None = exc
@@ -130,13 +138,13 @@ class EscapingFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         safe = logging.makeLogRecord(dict(record.__dict__))
-        safe.msg = escape_controls(record.getMessage())
+        safe.msg = _redact(escape_controls(record.getMessage()))
         safe.args = None
         exc = record.exc_info[1] if record.exc_info else None
         if exc is not None and is_connection_failure(exc):
             # A service out of reach is retried, often every second: one line per attempt,
             # not a traceback per attempt (the cause says which service and why).
-            safe.msg = f"{safe.msg}: {escape_controls(_summary(exc))}"
+            safe.msg = f"{safe.msg}: {_redact(escape_controls(_summary(exc)))}"
             safe.exc_text = None
         elif record.exc_info:
             safe.exc_text = _indented(self.inner.formatException(record.exc_info))

@@ -144,3 +144,15 @@ def test_connection_failures_are_recognised(exc: Exception) -> None:
 
 def test_a_bug_is_not_a_connection_failure() -> None:
     assert not is_connection_failure(KeyError("device"))
+
+
+def test_plain_text_lines_mask_secrets_as_the_json_lines_do(
+    logger: tuple[logging.Logger, io.StringIO],
+) -> None:
+    log, stream = logger
+    log.warning("alert to %s failed", "https://hooks.slack.com/services/T1/B1/PLAINtoken")
+    log.warning("connecting with Endpoint=sb://ns/;SharedAccessKey=PLAINkey=")
+
+    assert "PLAINtoken" not in stream.getvalue()
+    assert "PLAINkey" not in stream.getvalue()
+    assert stream.getvalue().count("***") == 2
