@@ -7,6 +7,7 @@ answer for a while, so a drill can kill a worker while its activities are in fli
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -93,11 +94,13 @@ class Sink:
                 if sink.delay:
                     time.sleep(sink.delay)
                 answer = json.dumps({"ok": True}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
+                # The caller may have been killed while the answer was held: nobody to answer.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
