@@ -10,30 +10,31 @@ activities (a final failure ends its task run Failed, with the error and cause).
 Waits: a timer due within ``short_wait_seconds`` sleeps in place; longer timers and every event
 wait record themselves in the wait store and suspend the run (no process is held), with a state
 message and a log line saying what they wait for and until when, and the trail so far published.
-The resumer (``flows.timers``) or the event router resumes it with a ``WakeInput``; the replay
-reaches the same ``suspend`` call, which returns that input at once. Branches (parallel, map) run
-as asyncio tasks in one ``TaskGroup``; when one branch suspends, the others are cancelled and the
-whole run suspends, and on resume every branch replays from the journal.
+The resumer (``flows.timers``), the event router or an operator (the UI's Resume form, Prefect's
+REST resume) resumes it with a ``WakeInput``; the replay reaches the same ``suspend`` call, which
+returns that input at once, and ``flows.waking`` does what it says (a resume the wait cannot use
+is said in the state message, and the run waits again at the same wait). Branches (parallel,
+map) run as asyncio tasks in one ``TaskGroup``; when one branch suspends, the others are
+cancelled and the whole run suspends, and on resume every branch replays from the journal.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 from prefect.client.schemas.objects import State
 from prefect.exceptions import Pause
 
 from flows import steps, trail
-from flows.delivery import deliver_event
 from flows.runtime import FlowSettings
 from flows.suspension import suspend, waiting_message
-from flows.wake import DELIVER_EVENT, FIRE_TIMER, WakeInput, wake_description, wake_schema
+from flows.wake import WakeInput, wake_description, wake_schema
+from flows.waking import Waking, received
 from interpreter.engine import Engine
 from interpreter.errors import OrchestrationError
 from interpreter.models import RetryPolicy
@@ -42,8 +43,6 @@ from interpreter.runtime import (
     BranchesFailed,
     BranchesSucceeded,
     CompensationsRan,
-    EventReceived,
-    EventTimedOut,
     ExecuteTask,
     Finished,
     Outcome,
@@ -114,8 +113,13 @@ class RunDriver:
     compensated: int = 0
     compensations_failed: int = 0
     _suspend_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    #: Who decided a wait's outcome, by (path, visit): an operator's resume, said on its row.
-    _notes: dict[tuple[str, int], str] = field(default_factory=dict)
+    _waking: Waking = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._waking = Waking(
+            self.run_id, self.subject, self.settings.short_wait_seconds, self.logger
+        )
+
     _suspended: bool = False
 
     async def drive(
@@ -134,7 +138,8 @@ class RunDriver:
 
     def _report(self, entries: list[TrailEntry]) -> None:
         for entry in entries:
-            note = self._notes.get((entry.path, entry.visit)) if entry.type == "wait" else None
+            notes = self._waking.notes
+            note = notes.get((entry.path, entry.visit)) if entry.type == "wait" else None
             if note is not None:
                 entry = entry.model_copy(update={"outcome": f"{entry.outcome} ({note})"})
             self.trail.append(entry)
@@ -270,10 +275,12 @@ class RunDriver:
             await steps.register_wait(
                 self.run_id, key, self.subject, event, until.isoformat() if until else None
             )
-            claimed = await self._claim(steps.cache_key(self.run_id, "claim", key), event, key)
+            claimed = await self._waking.claim(
+                steps.cache_key(self.run_id, "claim", key), event, key
+            )
             if claimed is not None:
                 await steps.resolve_wait(self.run_id, key, "event")
-                return _received(claimed)
+                return received(claimed)
         # Suspend until a resume says what to do; one the run cannot use is said (state message
         # and a warning) and the run waits again at the same wait. Prefect refuses a pause key
         # twice, so the next suspend is ``<key>-r<n>``: deterministic, so a replay walks
@@ -283,110 +290,12 @@ class RunDriver:
         while True:
             suspend_key = key if attempt == 0 else f"{key}-r{attempt}"
             wake = await self._suspend(suspend_key, action, unused)
-            taken = await self._take(wake, action, suspend_key)
+            taken = await self._waking.take(wake, action, suspend_key)
             if not isinstance(taken, str):
                 return taken
             unused = taken
             attempt += 1
-            await self._say_unused(action.path, unused, f"{key}-r{attempt}")
-
-    async def _take(self, wake: WakeInput, action: WaitFor, suspend_key: str) -> Outcome | str:
-        """The outcome a resume asks for, or why the wait cannot use it (a refusal)."""
-        event, until = action.event, action.until
-        if wake.problem is not None:
-            return wake.problem
-        if wake.action == FIRE_TIMER:
-            if until is None:
-                return "fire-timer: this wait has no timer or timeout"
-            at = await self._woken_at(suspend_key)
-            self._note(action, f"fired by an operator's resume at {_hms(at)}, due {_hms(until)}")
-            self.logger.info("%s: timer fired now by an operator's resume", action.path)
-            return WaitElapsed(at=at) if event is None else EventTimedOut(at=at)
-        if wake.action == DELIVER_EVENT:
-            if event is None or (wake.event is not None and wake.event != event):
-                return f"deliver-event: this wait expects {event!r}, not {wake.event!r}"
-            event_id = wake.event_id or f"resume-{self.run_id}-{_digest(suspend_key)}"
-            subject, claim_key, payload = (
-                self.subject,
-                self._claim_key(action.wait_key),
-                wake.payload,
-            )
-            delivered: dict[str, Any] = await steps.once(
-                steps.cache_key(self.run_id, "deliver", suspend_key),
-                "deliver",
-                lambda: deliver_event(subject, event, payload, event_id, claim_key),
-            )
-            if "refused" in delivered:
-                return f"deliver-event: {delivered['refused']}"
-            self._note(action, f"delivered by an operator's resume (event id {event_id})")
-            return _received(delivered)
-        if wake.kind is None:
-            return "the resume carried neither an action nor a wake-up"
-        if event is not None:
-            claimed = await self._claim(
-                steps.cache_key(self.run_id, "claim-after", suspend_key), event, action.wait_key
-            )
-            if claimed is not None:
-                return _received(claimed)
-        if wake.kind == "event":
-            if event is None:
-                return "an event wake-up, but this wait is a timer"
-            return f"woken for event {event!r}, but none is stored for {self.subject} yet"
-        if until is None:
-            return "a timer wake-up, but this wait has no timer"
-        # The run's own clock decides whether the timer is due (never the input's ``at``); one a
-        # little ahead of the resumer's sleeps the difference in place.
-        due = until.isoformat()
-        timer = await steps.once(
-            steps.cache_key(self.run_id, "sleep", f"{suspend_key}:timer"),
-            "sleep",
-            lambda: steps.sleep_if_short(due, self.settings.short_wait_seconds),
-        )
-        if not timer["slept"]:
-            return (
-                f"a timer wake-up {timer['remaining']:.0f}s before the deadline {_hms(until)}; "
-                "to take it now, resume with action fire-timer"
-            )
-        if event is None:
-            return WaitElapsed(at=until)
-        # When the timeout was taken (journalled: a replay reads the same), not the deadline.
-        return EventTimedOut(at=max(until, until - timedelta(seconds=timer["remaining"])))
-
-    async def _say_unused(self, path: str, reason: str, next_key: str) -> None:
-        """One warning per resume not used (journalled: a replay walking past it says nothing)."""
-
-        async def warn() -> bool:
-            self.logger.warning(
-                "%s: resume not used: %s; still waiting (wait key %s)", path, reason, next_key
-            )
-            return True
-
-        await steps.once(steps.cache_key(self.run_id, "unused", next_key), "unused", warn)
-
-    async def _woken_at(self, suspend_key: str) -> datetime:
-        """Now, by the run's clock, journalled for this wake-up (a replay reads the same)."""
-        moment: str = await steps.once(
-            steps.cache_key(self.run_id, "woken", suspend_key), "woken", _now_iso
-        )
-        return datetime.fromisoformat(moment)
-
-    def _note(self, action: WaitFor, note: str) -> None:
-        """Say on the wait's trail row who decided its outcome (an operator's resume)."""
-        self._notes[(action.path, action.visit)] = note
-
-    async def _claim(self, journal_key: str, event: str, wait_key: str) -> dict[str, Any] | None:
-        """The event claimed for the wait, or None; journalled, so "none yet" stays the answer
-        a replay reads even if the event has arrived since (the decision was taken on it)."""
-        subject, claim_key = self.subject, self._claim_key(wait_key)
-        claimed: dict[str, Any] | None = await steps.once(
-            journal_key, "claim", lambda: steps.claim_event(subject, event, claim_key)
-        )
-        return claimed
-
-    def _claim_key(self, wait_key: str) -> str:
-        """What marks an event consumed: wait keys repeat across runs of one workflow, so the
-        run id makes it unique (a later run must never receive an earlier run's event)."""
-        return f"{self.run_id}:{wait_key}"
+            await self._waking.say_unused(action.path, unused, f"{key}-r{attempt}")
 
     async def _suspend(self, key: str, action: WaitFor, unused: str | None) -> WakeInput:
         """Register the wait, then suspend the run until the resumer, the router or an operator
@@ -501,22 +410,6 @@ class RunDriver:
                     result["cause"],
                 )
         return CompensationsRan(failures=failures, at=at)
-
-
-async def _now_iso() -> str:
-    return datetime.now(UTC).isoformat()
-
-
-def _hms(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%H:%M:%S UTC")
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def _received(claimed: dict[str, Any]) -> EventReceived:
-    return EventReceived(payload=claimed["payload"], at=datetime.fromisoformat(claimed["at"]))
 
 
 def _first(group: BaseExceptionGroup[_E]) -> _E:
