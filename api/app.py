@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Request, status
+from fastapi import Body, Depends, FastAPI, HTTPException, Path, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -31,6 +31,7 @@ from api.models import (
     NAME_PATTERN,
     DeviceEventRequest,
     EventAccepted,
+    JsonObject,
     RaiseEventRequest,
     StartWorkflowRequest,
     WorkflowStatus,
@@ -192,6 +193,24 @@ def create_app(settings: ApiSettings | None = None, *, database_url: str | None 
         """Status, created, last updated, current state and the trail so far (by run id or
         instance id)."""
         return await service.status(workflow_id)
+
+    @app.post(
+        "/workflows/{workflow_id}/resume",
+        status_code=status.HTTP_202_ACCEPTED,
+        dependencies=protected,
+        tags=["workflows"],
+        responses={
+            409: {"description": "the run does not wait (yet, or any more)"},
+            422: {"description": "the wait cannot use this input: the reason"},
+        },
+    )
+    async def resume_workflow(
+        workflow_id: WORKFLOW_ID, body: Annotated[JsonObject, Body()], service: Service
+    ) -> WorkflowStatus:
+        """Resume a waiting run as the UI's Resume form does: ``{"action": "deliver-event",
+        "payload": {...}}`` records the awaited event and the run takes it; ``{"action":
+        "fire-timer"}`` takes the timer or timeout now (docs/OPERATIONS.md)."""
+        return await service.resume(workflow_id, body)
 
     @app.post(
         "/workflows/{workflow_id}/events/{event_name}",

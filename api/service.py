@@ -286,6 +286,27 @@ class WorkflowService:
             steps.setdefault((step.state, step.visit), step)
         return list(steps.values()), False, output
 
+    # -- resume ------------------------------------------------------------------------------
+
+    async def resume(self, workflow_id: str, run_input: dict[str, Any]) -> WorkflowStatus:
+        """Resume the waiting run with the input of the UI's Resume form (``flows.wake``:
+        ``{"action": "deliver-event", "payload": ...}`` or ``{"action": "fire-timer"}``).
+
+        What the wait cannot use is a 422 with Prefect's reason (the run stays paused); a run
+        that does not wait (not suspended yet, resumed already, ended) is a 409 with the reason.
+        """
+        from listeners.control import ResumeStatus
+
+        run = await self.find(workflow_id)
+        outcome = await self._control.resume(str(run.id), run_input)
+        if outcome.status is ResumeStatus.REJECTED:
+            error = {"type": "resume_refused", "loc": ["body"], "msg": outcome.reason}
+            raise RequestValidationError([error])
+        if outcome.status is not ResumeStatus.ACCEPTED:
+            why = outcome.reason or "not paused"
+            raise ConflictError(f"workflow {run.id} is not waiting for a resume: {why}")
+        return await self.status(str(run.id))
+
     # -- events ------------------------------------------------------------------------------
 
     async def raise_event(

@@ -404,3 +404,47 @@ async def test_the_apis_event_resumes_the_waiting_run_through_its_schema(
         assert ready.status_code == 202, ready.text
         assert ready.json()["action"] in ("resumed", "deferred"), ready.json()
         assert await flow_system.result(run_id) == {"ready": {"firmware": "4.2"}}
+
+
+async def test_the_apis_resume_delivers_the_event_or_refuses_with_the_reason(
+    flow_system: FlowSystem,
+) -> None:
+    """``POST /workflows/{id}/resume`` takes the Resume form's input: 422 with the server's
+    reason for what the wait cannot use (the run stays paused), 202 when the run takes it, 409
+    once the run no longer waits."""
+    from api.app import create_app
+    from api.settings import ApiSettings
+
+    tag, device = _tag("api-op"), _tag("dev")
+    run_id = await flow_system.start(EVENT, {"tag": tag}, device_id=device)
+    flow_run = await flow_system.suspended(run_id, "waitready")
+    settings = ApiSettings(api_keys=[API_KEY], deployment="run-workflow/flow-tests")
+    app = create_app(settings, database_url=flow_system.database_url)
+    headers = {"X-API-Key": API_KEY}
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as http,
+    ):
+
+        async def resume(body: Any) -> httpx.Response:
+            end = time.monotonic() + 30
+            while True:  # a run that has just suspended saves its input schema a moment later
+                response = await http.post(
+                    f"/workflows/{run_id}/resume", json=body, headers=headers
+                )
+                if "still suspending" not in response.text or time.monotonic() > end:
+                    return response
+                await asyncio.sleep(0.2)
+
+        empty = await resume({})
+        assert empty.status_code == 422, empty.text
+        assert "'action' is a required property" in empty.text
+        await _still_paused(flow_system, run_id, flow_run.state.state_details.pause_key)
+
+        taken = await resume({"action": "deliver-event", "payload": {"firmware": "5.0"}})
+        assert taken.status_code == 202, taken.text
+        assert await flow_system.result(run_id) == {"ready": {"firmware": "5.0"}}
+
+        again = await resume({"action": "fire-timer"})
+        assert again.status_code == 409, again.text
+        assert "not waiting" in again.json()["detail"]
