@@ -12,6 +12,7 @@ import asyncio
 import functools
 import weakref
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,6 +66,16 @@ class Resources:
         from store.idempotency import IdempotencyStore
 
         return IdempotencyStore(self.db)
+
+    @functools.cached_property
+    def journal_after_failure(self) -> IdempotencyStore:
+        """The journal as a retry after a lost connection uses it: a ``pending`` claim is taken
+        over at once (no lease). The claim is this run's own, left behind when the connection
+        dropped between claiming and finishing; every journalled step is safe to run again and
+        the first finisher's result is the one kept (``store.idempotency``)."""
+        from store.idempotency import IdempotencyStore
+
+        return IdempotencyStore(self.db, lease=timedelta(0), wait_timeout=timedelta(seconds=30))
 
 
 _configured: dict[str, object] = {}

@@ -14,6 +14,12 @@ definition's hash, the state's path and its visit (never the inputs):
   final outcome is journalled inside the task before it ends: success ends Completed (and is also
   Prefect-cached), a final failure ends **Failed** with the error and cause as its message. Prefect
   does not cache a failure, so the driver asks the journal first and a replay never runs it again.
+
+Every call of this bookkeeping against the app database (journal reads and writes, event claims,
+wait registration and resolution, finishing the device's run) is idempotent, and is tried again
+on a transient failure - a dropped connection, "too many clients" - with bounded backoff
+(``store.transient.retry_transient``, one WARNING line per retry). A run therefore fails only on
+its workflow's own errors; an activity's own errors are the activity's (its retry policy).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from interpreter.errors import ActivityError, OrchestrationError
 from interpreter.models import RetryPolicy
 from interpreter.retry import retry_delays, should_retry
 from operations.observability import metrics
+from store.transient import is_transient, retry_transient
 
 __all__ = [
     "DefinitionPathError",
@@ -92,15 +99,43 @@ async def once(key: str, kind: str, step: Callable[[], Awaitable[Any]]) -> Any:
     Every later call with ``key`` (a replay) returns the journalled result without calling
     ``step``; a ``step`` that raises records nothing (the next call runs it again). ``key`` is a
     ``cache_key``: it names the run, the kind of step and the step or wait key.
+
+    A transient failure of the journal itself is tried again; the step then runs again only if
+    it had not returned yet, and a claim the lost connection left ``pending`` is taken over
+    (``Resources.journal_after_failure``). What ``step`` itself raises is not retried here.
     """
     resources = await get_resources()
-    return await resources.journal.run_once(key, f"{JOURNAL}{kind}", step)
+    returned: list[Any] = []
+    raised: list[BaseException] = []
+    attempts = 0
+
+    async def step_once() -> Any:
+        if returned:
+            return returned[0]
+        try:
+            value = await step()
+        except BaseException as exc:
+            raised.append(exc)
+            raise
+        returned.append(value)
+        return value
+
+    async def journalled() -> Any:
+        nonlocal attempts
+        attempts += 1
+        journal = resources.journal if attempts == 1 else resources.journal_after_failure
+        return await journal.run_once(key, f"{JOURNAL}{kind}", step_once)
+
+    def journal_failure(exc: BaseException) -> bool:
+        return not any(exc is own for own in raised) and is_transient(exc)
+
+    return await retry_transient(f"journal {kind}", journalled, retry_if=journal_failure)
 
 
 async def recorded(key: str) -> tuple[bool, Any]:
     """``(True, result)`` when the journal holds a finished entry for ``key``; else no result."""
     resources = await get_resources()
-    entry = await resources.journal.get(key)
+    entry = await retry_transient("journal read", lambda: resources.journal.get(key))
     if entry is None or entry.status != "done":
         return False, None
     return True, entry.result
@@ -317,7 +352,9 @@ async def claim_event(subject: str, event: str, wait_key: str) -> dict[str, Any]
     answer, so "nothing yet" also stays the answer on a replay.
     """
     resources = await get_resources()
-    stored = await resources.events.claim(subject, event, wait_key)
+    stored = await retry_transient(
+        "event claim", lambda: resources.events.claim(subject, event, wait_key)
+    )
     if stored is None:
         return None
     return {"payload": _payload_of(stored), "at": _iso(_now())}
@@ -338,8 +375,10 @@ async def register_wait(
     Idempotent on ``(run_id, wait_key)``: a replay's registration changes nothing.
     """
     resources = await get_resources()
-    await resources.waits.register(
-        run_id, wait_key, subject, event, datetime.fromisoformat(due_at) if due_at else None
+    due = datetime.fromisoformat(due_at) if due_at else None
+    await retry_transient(
+        "wait registration",
+        lambda: resources.waits.register(run_id, wait_key, subject, event, due),
     )
     return True
 
@@ -352,11 +391,12 @@ async def finish_device_run(device_id: str, run_id: str) -> bool:
     from store.runs import DeviceRunStore
 
     resources = await get_resources()
-    return await DeviceRunStore(resources.db).finish(device_id, run_id)
+    ledger = DeviceRunStore(resources.db)
+    return await retry_transient("device run finish", lambda: ledger.finish(device_id, run_id))
 
 
 async def resolve_wait(run_id: str, wait_key: str, how: str) -> bool:
     """Mark the wait resolved (idempotent; the resumer may have done it already)."""
     resources = await get_resources()
-    await resources.waits.resolve(run_id, wait_key, how)
+    await retry_transient("wait resolution", lambda: resources.waits.resolve(run_id, wait_key, how))
     return True
