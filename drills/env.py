@@ -245,13 +245,15 @@ class Stage:
             raise DrillSetupError(f"db migrate failed: {done.stdout!r} {done.stderr!r}")
 
     async def start_system(self, workers: int = 1, listeners: int = 1) -> None:
-        """Migrate, start the workers (the first creates the deployment), then the listeners."""
+        """Migrate, start the workers (the first creates the deployment), then the listeners;
+        returns once each says it is executing or listening."""
         self.migrate()
         for n in range(workers):
             worker = self.worker(f"worker{n + 1}" if workers > 1 else "worker").start()
             await worker.wait_for_output("executing runs of deployment", 120)
         for n in range(listeners):
-            self.listener(f"listener{n + 1}" if listeners > 1 else "listener").start()
+            listener = self.listener(f"listener{n + 1}" if listeners > 1 else "listener").start()
+            await listener.wait_for_output("listening on queue", 120)
 
     async def sink_wait(self, seconds: float) -> None:
         """A pause between two polls of a condition (never a wait for a result by itself)."""
