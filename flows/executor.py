@@ -87,6 +87,8 @@ class ExecutorStats:
     suspended: int = 0
     crashed: int = 0
     lost_claims: int = 0
+    polls: int = 0
+    failed_polls: int = 0
     #: Seconds each recent run held the executor (claim to the engine's return, hooks included).
     held_seconds: dict[UUID, float] = field(default_factory=dict)
 
@@ -112,6 +114,7 @@ class Executor:
     stats: ExecutorStats = field(default_factory=ExecutorStats)
     _in_flight: dict[UUID, asyncio.Task[None]] = field(default_factory=dict)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _outage_since: float | None = None
     _context: contextvars.Context | None = None
 
     def stop(self) -> None:
@@ -162,9 +165,13 @@ class Executor:
                         scheduled_before=datetime.now(UTC),
                         limit=free,
                     )
-                except Exception:
-                    logger.exception("polling for scheduled runs failed; trying again")
+                except Exception as exc:
+                    self.stats.failed_polls += 1
+                    self._poll_failed(exc)
                     runs = []
+                else:
+                    self.stats.polls += 1
+                    self._poll_answered()
                 for flow_run in runs:
                     if flow_run.id in self._in_flight or len(self._in_flight) >= self.concurrency:
                         continue
@@ -172,6 +179,29 @@ class Executor:
                         self._spawn(flow_run)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=self.poll_seconds)
+
+    def _poll_failed(self, exc: Exception) -> None:
+        # An outage is one WARNING when it starts and one INFO when it ends, not a traceback per
+        # poll (every poll_seconds); the traceback goes to DEBUG for whoever needs it.
+        if self._outage_since is not None:
+            return
+        self._outage_since = time.monotonic()
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        logger.warning(
+            "polling for scheduled runs failed (%s); trying again every %g s",
+            why[:200],
+            self.poll_seconds,
+        )
+        logger.debug("polling failure", exc_info=exc)
+
+    def _poll_answered(self) -> None:
+        if self._outage_since is None:
+            return
+        logger.info(
+            "polling for scheduled runs works again after %.1f s",
+            time.monotonic() - self._outage_since,
+        )
+        self._outage_since = None
 
     async def _claim(self, client: PrefectClient, flow_run: FlowRun) -> bool:
         try:
