@@ -217,6 +217,23 @@ def test_an_unknown_workflow_answer_names_no_server_directory(
     assert workdir in api.log_text()  # the detail is logged for the operator
 
 
+def test_a_definition_holding_a_lone_surrogate_is_422_not_a_500(
+    http: httpx.Client, api: ApiProcess
+) -> None:
+    # Issue 9: such a definition validated, then hashing it raised UnicodeEncodeError (a 500).
+    source = api.log.parent / "definitions" / f"{WORKFLOW}.json"
+    document = json.loads(source.read_text(encoding="utf-8"))
+    document["name"] = "surrogate-workflow"
+    document["description"] = "\ud800"
+    text = json.dumps(document)  # ensure_ascii: the lone surrogate is written as its escape
+    assert "\\ud800" in text
+    (api.log.parent / "definitions" / "surrogate-workflow.json").write_text(text, encoding="utf-8")
+    response = http.post("/workflows", json={"workflowType": "surrogate-workflow"})
+    assert response.status_code == 422, response.text
+    assert "surrogate-workflow" in response.text
+    assert "invalid-string" in api.log_text()  # the operator's log says what and where
+
+
 # -- slow bodies ---------------------------------------------------------------------------------
 
 
