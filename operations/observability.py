@@ -22,9 +22,11 @@ orchestration.listener.lag             histogram  transport (seconds from enqueu
 Device ids are deliberately not metric attributes (a fleet would explode the series count); the
 per-device view comes from the logs, which carry ``device_id``.
 
-Export (``configure_metrics``): ``ORCH_OTEL_EXPORTER`` = ``console`` (default), ``azure`` or
-``none``. With ``APPLICATIONINSIGHTS_CONNECTION_STRING`` set, ``console`` becomes ``azure``; Azure
-needs the optional ``azure-monitor-opentelemetry-exporter`` package and says so when it is missing.
+Export (``configure_metrics``): ``ORCH_OTEL_EXPORTER`` = ``none`` (default), ``azure`` or
+``console``. With ``APPLICATIONINSIGHTS_CONNECTION_STRING`` set, the default becomes ``azure``;
+Azure needs the optional ``azure-monitor-opentelemetry-exporter`` package and says so when it is
+missing. ``console`` prints every instrument as JSON on stdout each interval: for a look by hand,
+never the default (it flooded a worker's output: 10,672 lines in 16 minutes).
 """
 
 from __future__ import annotations
@@ -240,7 +242,7 @@ def configure_metrics(
         connection = env.get(AZURE_CONNECTION_ENV)
         kind = (exporter or env.get("ORCH_OTEL_EXPORTER") or "").lower()
         if not kind:
-            kind = "azure" if connection else "console"
+            kind = "azure" if connection else "none"
         interval_ms = float(env.get("ORCH_OTEL_EXPORT_INTERVAL_SECONDS", "60")) * 1000
         if kind == "none":
             readers: list[MetricReader] = []

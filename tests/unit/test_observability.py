@@ -118,3 +118,34 @@ def test_unknown_exporter_is_refused() -> None:
     with pytest.raises(ValueError) as caught:
         configure_metrics(environ={"ORCH_OTEL_EXPORTER": "prometheus"})
     assert "console, azure or none" in str(caught.value)
+
+
+def _exported(environ: dict[str, str]) -> str:
+    """What a fresh process prints on stdout after recording one metric and flushing."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from operations import observability as o\n"
+        "m = o.configure_metrics()\n"
+        "m.device_events.add(1, {'event': 'device.registered', 'action': 'started'})\n"
+        "assert o._provider is not None\n"
+        "o._provider.force_flush()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORCH_OTEL", "APPLICATION"))}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "ORCH_OTEL_EXPORT_INTERVAL_SECONDS": "3600", **environ},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return done.stdout
+
+
+def test_metrics_are_not_printed_unless_asked() -> None:
+    # Issue 10: the console exporter was the default and flooded every process's stdout.
+    assert _exported({}) == ""
+    assert "orchestration.device.events" in _exported({"ORCH_OTEL_EXPORTER": "console"})
