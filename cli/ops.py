@@ -93,12 +93,25 @@ class _StartupFailures(logging.Filter):
 
 
 def automations_apply(
+    threshold: Annotated[
+        str | None,
+        typer.Option(
+            help="Pending/Running longer than this is stuck: 90s, 15m, 50h, 2d or PT50H "
+            "(default 50h)"
+        ),
+    ] = None,
+    paused_threshold: Annotated[
+        str | None,
+        typer.Option(
+            help="Paused longer than this is stuck, as --threshold "
+            "(default: threshold + longest wait)"
+        ),
+    ] = None,
     threshold_hours: Annotated[
-        float | None, typer.Option(help="Pending/Running longer than this is stuck (default 50)")
+        float | None, typer.Option(help="Deprecated: use --threshold (hours)")
     ] = None,
     paused_threshold_hours: Annotated[
-        float | None,
-        typer.Option(help="Paused longer than this is stuck (default: threshold + longest wait)"),
+        float | None, typer.Option(help="Deprecated: use --paused-threshold (hours)")
     ] = None,
     webhook_url: Annotated[
         str | None, typer.Option(help="Alert webhook; saved in the Webhook block")
@@ -128,8 +141,10 @@ def automations_apply(
     from operations.automations import AlertSettings
 
     overrides: dict[str, Any] = {
-        "threshold_hours": threshold_hours,
-        "paused_threshold_hours": paused_threshold_hours,
+        "threshold_hours": _threshold_hours("--threshold", threshold, threshold_hours),
+        "paused_threshold_hours": _threshold_hours(
+            "--paused-threshold", paused_threshold, paused_threshold_hours
+        ),
         "webhook_url": SecretStr(webhook_url) if webhook_url else None,
         "webhook_block": webhook_block,
         "deployments": deployment or None,
@@ -171,6 +186,29 @@ def automations_apply(
         f"stuck after {plan.threshold} (paused: {plan.paused_threshold}); "
         f"crash guard after {plan.crash_window} without a heartbeat"
     )
+
+
+def _threshold_hours(option: str, text: str | None, hours: float | None) -> float | None:
+    """The threshold given as ``option`` (a duration) or ``option-hours`` (deprecated), in
+    hours; a bad or too short value is one line naming the option and the accepted forms."""
+    from datetime import timedelta
+
+    from operations.automations import THRESHOLD_FORMS, check_threshold, parse_threshold
+
+    if text is not None and hours is not None:
+        fail(f"give {option} or {option}-hours, not both", code=EXIT_USAGE)
+    try:
+        if text is not None:
+            return parse_threshold(text).total_seconds() / 3600
+        if hours is not None:
+            if not hours == hours or hours in (float("inf"), float("-inf")):
+                raise ValueError(f"{hours!r} is not a number of hours")
+            check_threshold(timedelta(hours=hours), shown=f"{hours:g}h")
+            return hours
+    except (ValueError, OverflowError) as exc:
+        used = option if text is not None else f"{option}-hours"
+        fail(f"{used}: {exc}; accepted: {THRESHOLD_FORMS}", code=EXIT_USAGE)
+    return None
 
 
 async def _apply(settings: Any) -> tuple[Any, Any, list[str]]:

@@ -31,6 +31,8 @@ Heartbeat events (``prefect.flow-run.heartbeat``) are deliberately absent from t
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -45,18 +47,21 @@ from interpreter.models import Branch, ParallelState, WaitState, WorkflowDefinit
 
 __all__ = [
     "AUTOMATION_NAMES",
+    "THRESHOLD_FORMS",
     "AlertPlan",
     "AlertSettings",
     "AppliedAutomation",
     "WaitBound",
     "apply_automations",
     "build_automations",
+    "check_threshold",
     "definition_files",
     "ensure_webhook_block",
     "list_automations",
     "load_definitions",
     "longest_wait",
     "make_plan",
+    "parse_threshold",
     "resolve_deployments",
 ]
 
@@ -100,6 +105,45 @@ def _event(state: str) -> str:
 
 
 MIN_WINDOW_HOURS = 10 / 3600
+#: Prefect refuses proactive windows under 10 s.
+MIN_WINDOW = timedelta(seconds=10)
+THRESHOLD_FORMS = "a number with a unit (90s, 15m, 50h, 2d) or an ISO 8601 duration (PT50H)"
+_THRESHOLD = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd])", re.ASCII | re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def parse_threshold(text: str) -> timedelta:
+    """A stuck threshold: ``90s``, ``15m``, ``50h``, ``2d`` or ISO 8601 (``PT50H``), at least
+    ``MIN_WINDOW``. Raises ``ValueError`` saying what was wrong (``THRESHOLD_FORMS`` says what
+    is accepted)."""
+    from interpreter.durations import parse_duration
+    from interpreter.errors import ExpressionError
+
+    value = text.strip()
+    match = _THRESHOLD.fullmatch(value)
+    if match:
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
+        if not math.isfinite(seconds) or seconds > timedelta.max.total_seconds() / 2:
+            raise ValueError(f"{value[:40]!r} is too long")
+        threshold = timedelta(seconds=seconds)
+    elif value[:1].upper() == "P":
+        try:
+            threshold = parse_duration(value.upper())
+        except ExpressionError as exc:
+            raise ValueError(str(exc)) from None
+    else:
+        raise ValueError(f"{value[:40]!r} is not a duration")
+    return check_threshold(threshold, shown=value[:40])
+
+
+def check_threshold(threshold: timedelta, *, shown: str) -> timedelta:
+    """``threshold`` if Prefect can hold it as an automation window (at least ``MIN_WINDOW``)."""
+    if threshold < MIN_WINDOW:
+        raise ValueError(
+            f"{shown!r} is {threshold.total_seconds():g} s, below the minimum of "
+            f"{MIN_WINDOW.total_seconds():g} s that Prefect accepts for an automation window"
+        )
+    return threshold
 
 
 class AlertSettings(BaseSettings):
