@@ -52,6 +52,11 @@ _DRIVERS = {
 
 _READONLY = "orch_readonly"
 
+#: How long a statement may go without an answer before asyncpg abandons it (``TimeoutError``,
+#: a transient failure): a connection cut at the wrong moment can leave a statement waiting for
+#: an answer that never comes, which would hold a run forever.
+STATEMENT_TIMEOUT_SECONDS = 60.0
+
 
 def normalize_url(url: str | URL) -> URL:
     """The URL with the async driver this store uses; refuse any other database."""
@@ -118,12 +123,33 @@ def create_engine(url: str | URL, settings: DatabaseSettings | None = None) -> A
         engine = create_async_engine(parsed, **pool)
         _configure_sqlite(engine, settings.sqlite_busy_timeout_ms)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         parsed,
         pool_pre_ping=True,
-        connect_args={"server_settings": {"application_name": "orchestration"}},
+        connect_args={
+            "server_settings": {"application_name": "orchestration"},
+            "command_timeout": STATEMENT_TIMEOUT_SECONDS,
+        },
         **pool,
     )
+    _discard_broken_connections(engine)
+    return engine
+
+
+def _discard_broken_connections(engine: AsyncEngine) -> None:
+    """Count asyncpg's ``InternalClientError`` as a lost connection, so the pool discards it.
+
+    When ``pg_terminate_backend`` (or a server restart) lands between two protocol messages,
+    asyncpg raises "cannot switch to state N; another operation is in progress" instead of a
+    connection error. SQLAlchemy would return that connection to the pool as if healthy, and the
+    next statement on it fails or waits for an answer that never comes.
+    """
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def on_error(context: Any) -> None:
+        original = context.original_exception
+        if any(k.__name__ == "InternalClientError" for k in type(original).__mro__):
+            context.is_disconnect = True
 
 
 class Database:
