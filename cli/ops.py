@@ -40,7 +40,7 @@ def serve_api(
     # Settings before anything starts: a malformed one is one line (cli.failures), keys unseen.
     settings = ApiSettings()
     require_database_url(embedded)
-    configure_logging()
+    configure_logging()  # every console handler, Prefect's and uvicorn's too, writes JSON
     configure_metrics()
     updates: dict[str, Any] = {}
     if host is not None:

@@ -15,11 +15,17 @@ them by construction; this module does the same for the plain-text logs of ``lis
   traceback: a process that retries an unreachable service every second logs a line per retry.
 - ``configure_plain_logging()`` is the CLI's ``logging.basicConfig`` with that formatter, and
   ``escape_handlers()`` wraps the formatters of handlers someone else installed (Prefect's console).
+
+``ORCH_LOG_FORMAT=json`` (default ``text``) makes ``configure_plain_logging()`` write JSON lines
+instead (``observability.JsonFormatter``, one event per line): every console handler of every
+logger (Prefect's rich console on the root, ``prefect._internal``'s debug handler, ``uvicorn`` and
+``fastapi``) is replaced by one JSON handler, so no line of the process's log is anything else.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterable
@@ -31,8 +37,12 @@ __all__ = [
     "escape_controls",
     "escape_handlers",
     "is_connection_failure",
+    "log_format",
+    "route_to_json",
 ]
 
+LOG_FORMAT_ENV = "ORCH_LOG_FORMAT"
+LOG_FORMATS = ("text", "json")
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 #: Loggers that speak at INFO about their own plumbing (connections, HTTP calls, Prefect clients).
 NOISY_LOGGERS = ("azure", "uamqp", "httpx", "prefect")
@@ -171,11 +181,85 @@ def _json_formatter_type() -> type[Any]:
     return JsonFormatter
 
 
+def log_format(environ: Any = None) -> str:
+    """``ORCH_LOG_FORMAT`` (``text`` or ``json``; default ``text``). A value it does not know is
+    said once on stderr and the logs stay text: logging must not stop the process."""
+    raw = (os.environ if environ is None else environ).get(LOG_FORMAT_ENV, "")
+    chosen = raw.strip().lower() or "text"
+    if chosen in LOG_FORMATS:
+        return chosen
+    print(
+        f"warning: {LOG_FORMAT_ENV}={escape_controls(raw[:40])!r} is not one of "
+        f"{', '.join(LOG_FORMATS)}; logging text",
+        file=sys.stderr,
+    )
+    return "text"
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    """A handler writing to the process's stderr or stdout (Prefect's rich console included);
+    a capture handler on a buffer (pytest's) or a file is not one."""
+    if not isinstance(handler, logging.StreamHandler) or isinstance(handler, logging.FileHandler):
+        return False
+    if type(handler).__name__ == "PrefectConsoleHandler":
+        return True
+    consoles = (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+    return any(handler.stream is console for console in consoles)
+
+
+def route_to_json(stream: Any = None) -> logging.Handler:
+    """Replace every console handler of every logger (root included) by one JSON-lines handler
+    on ``stream`` (stderr). A logger that does not propagate (``uvicorn``, ``prefect._internal``)
+    gets the JSON handler in place of its console one; a propagating one reaches the root's.
+    Handlers that are not consoles (Prefect's API log handler, files) stay. Returns the JSON
+    handler."""
+
+    from operations.observability import JsonFormatter
+
+    root = logging.getLogger()
+    json_handler = next(
+        (h for h in root.handlers if _is_console(h) and isinstance(h.formatter, JsonFormatter)),
+        None,
+    )
+    if json_handler is None or (
+        stream is not None and getattr(json_handler, "stream", None) is not stream
+    ):
+        json_handler = logging.StreamHandler(stream or sys.stderr)
+        json_handler.setFormatter(JsonFormatter())
+    loggers = [root, *root.manager.loggerDict.values()]
+    for logger in loggers:
+        if not isinstance(logger, logging.Logger):
+            continue  # a placeholder: no handlers of its own
+        consoles = [
+            h
+            for h in logger.handlers
+            if h is not json_handler
+            and (_is_console(h) or isinstance(h.formatter, JsonFormatter))  # or ours, stale
+        ]
+        for handler in consoles:
+            logger.removeHandler(handler)
+        # A propagating logger reaches the root's JSON handler: a second one would double lines.
+        keeps_own = logger is root or (consoles and not logger.propagate)
+        if keeps_own and json_handler not in logger.handlers:
+            logger.addHandler(json_handler)
+    return json_handler
+
+
 def configure_plain_logging(level: int | str | None = logging.INFO, *, stream: Any = None) -> None:
     """Plain-text logs with escaped fields: the root logger's handlers (Prefect's console handler
     when Prefect configured logging, else a new stderr handler) and Prefect's own console
-    handlers; noisy libraries at WARNING. ``level`` None keeps the root's level."""
+    handlers; noisy libraries at WARNING. ``level`` None keeps the root's level.
+
+    With ``ORCH_LOG_FORMAT=json``, JSON lines instead, on every console handler
+    (``route_to_json``)."""
     root = logging.getLogger()
+    if log_format() == "json":
+        route_to_json(stream)
+        if level is not None:
+            root.setLevel(level)
+            for noisy in NOISY_LOGGERS:
+                logging.getLogger(noisy).setLevel(logging.WARNING)
+        return
     if stream is not None or not root.handlers:
         handler = logging.StreamHandler(stream or sys.stderr)
         handler.setFormatter(EscapingFormatter())

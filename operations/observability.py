@@ -159,15 +159,15 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str | int = "INFO", *, stream: Any = None) -> logging.Handler:
-    """Send the root logger's records as JSON lines to ``stream`` (stderr); returns the handler."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    for existing in list(root.handlers):
-        if isinstance(existing.formatter, JsonFormatter):
-            root.removeHandler(existing)
-    root.addHandler(handler)
-    root.setLevel(level)
+    """Send the root logger's records as JSON lines to ``stream`` (stderr); returns the handler.
+
+    Every other console handler (Prefect's rich console on the root, ``uvicorn``'s and
+    ``fastapi``'s) is replaced by this one (``logtext.route_to_json``): one format per process.
+    Prefect installs its handlers when it is imported, so a process imports it first."""
+    from operations.logtext import route_to_json
+
+    handler = route_to_json(stream or sys.stderr)
+    logging.getLogger().setLevel(level)
     return handler
 
 
