@@ -21,7 +21,7 @@ Prefect automations cannot compare a run against its own due time, so the paused
 ``threshold + the longest wait any deployed definition can take`` (computed from the definitions by
 ``longest_wait``). A paused run older than that is necessarily past its timeout. Waits with no upper
 bound (an event wait without ``timeoutSeconds``, a ``timestamp`` wait) are reported by ``apply`` so
-the operator either adds a timeout or sets ``--paused-threshold-hours`` explicitly. Every state
+the operator either adds a timeout or sets ``--paused-threshold`` explicitly. Every state
 change restarts the window, so a run that waits, runs and waits again is judged per wait.
 
 Heartbeat events (``prefect.flow-run.heartbeat``) are deliberately absent from the stuck triggers'
