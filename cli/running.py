@@ -1,11 +1,13 @@
 """``orchestration run | worker | demo``: execute workflows on Prefect, embedded defaults included.
 
-``run`` executes one definition end to end in this process: with no ``PREFECT_API_URL`` it starts a
-local Prefect server (SQLite, under ``.orchestration/prefect``) and stops it at the end; the app
-database defaults to SQLite (``ORCH_DB_URL``). It registers the ``run-workflow`` deployment,
-creates the run (named and tagged), executes it with the in-process executor and its resumer,
-delivers each ``--event`` once the run waits, prints the trail state by state, the result and the
-run's URL in the Prefect UI. Exit code 0 when the run succeeded, 1 when it failed.
+``run`` executes one definition end to end in this process. It first refuses, with every
+problem, a definition ``orchestration validate`` refuses, before anything starts. With no
+``PREFECT_API_URL`` it starts a local Prefect server (SQLite, under ``.orchestration/prefect``)
+and stops it at the end; the app database defaults to SQLite (``ORCH_DB_URL``). It registers the
+``run-workflow`` deployment, creates the run (named and tagged), executes it with the in-process
+executor and its resumer, delivers each ``--event`` once the run waits, prints the trail state by
+state, the result and the run's URL in the Prefect UI. A failed run ends in one summary (state,
+error, cause), not Prefect's traceback. Exit code 0 when the run succeeded, 1 when it failed.
 """
 
 from __future__ import annotations
@@ -22,15 +24,19 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cli.embedded import EmbeddedOption, require_database_url
 from cli.output import EXIT_FAILURE, OutputFormat, OutputOption, emit_json, fail
+from cli.runlogs import failure_fields, run_logs_off_console
+
+if TYPE_CHECKING:
+    from interpreter.models import WorkflowDefinition
 
 __all__ = ["register"]
 
@@ -203,6 +209,9 @@ async def execute_run(
     add_transition_listener(progress)
     deployment_id = await deploy(run_workflow, "local")
     executor = Executor({deployment_id: run_workflow}, poll_seconds=0.2, resumer_tick_seconds=0.5)
+    # Prefect's own lines for the run (its traceback of a failure included) would repeat ours.
+    run_logs = contextlib.ExitStack()
+    logs = run_logs.enter_context(run_logs_off_console())
     runner = asyncio.create_task(executor.run())
     try:
         async with get_client() as client:
@@ -245,9 +254,11 @@ async def execute_run(
         if state is not None and state.is_completed():
             summary.update(status="succeeded", result=await state.aresult())
         else:
-            summary.update(status="failed", error=state.message if state else "unknown")
+            message = state.message if state else None
+            summary.update(status="failed", **failure_fields(logs.exceptions.get(run_id), message))
         return summary
     finally:
+        run_logs.close()
         remove_transition_listener(progress)
         executor.stop()
         with contextlib.suppress(asyncio.CancelledError):
@@ -307,14 +318,19 @@ def _print_summary(summary: dict[str, Any], output: OutputFormat) -> None:
         typer.echo(json.dumps(summary["result"], indent=2, default=str))
         typer.echo(f"view: {summary['url']}")
     else:
-        typer.secho(f"failed: {summary['error']}", fg=typer.colors.RED, err=True)
+        where = f" at {summary['state']}" if summary.get("state") else ""
+        cause = f": {summary['cause']}" if summary.get("cause") else ""
+        line = f"failed{where}: {summary['error']}{cause}"
+        typer.secho(line, fg=typer.colors.RED, err=True)
+        plain = f"{summary.get('state')}: {summary['error']}{cause}"
+        if summary.get("message") and summary["message"] != plain:
+            typer.echo(f"  {summary['message']}", err=True)  # compensation, the first failure
         typer.echo(f"view: {summary['url']}")
 
 
-def _require_json_object(path: Path) -> None:
+def _require_json_object(path: Path) -> bytes:
     """Refuse, before any server starts, a file that is no JSON object (``/etc/passwd``, a FIFO,
-    ``/dev/zero``): one line. A JSON object that is no valid definition still runs, and the run
-    reports every problem."""
+    ``/dev/zero``): one line. Returns the file's bytes."""
     from cli.authoring import read_limited
     from interpreter.errors import AuthoringError
     from interpreter.loader import parse_document
@@ -329,19 +345,44 @@ def _require_json_object(path: Path) -> None:
         fail(f"{path} is not a JSON definition: {exc}")
     if not isinstance(document, dict):
         fail(f"{path} is not a JSON definition: the document is not a JSON object")
+    return data
 
 
-def _require_input_fits(path: Path, run_input: dict[str, Any]) -> None:
+def _activity_names() -> Collection[str] | None:
+    """The registered activity names, or None when the registry does not load (the run then
+    reports an unknown activity itself; a broken registry must not hide the definition)."""
+    try:
+        from tasks.registry import default_registry
+
+        return default_registry().names()
+    except Exception:  # any failure only skips this one check
+        return None
+
+
+def _require_valid_definition(path: Path, data: bytes) -> WorkflowDefinition:
+    """Refuse, before any server starts, what ``orchestration validate`` refuses: each error on
+    stderr in validate's form, then one ``error:`` line (exit 1). Warnings do not stop a run."""
+    from interpreter.loader import read_definition
+    from interpreter.validate import validate
+
+    result = read_definition(data)
+    problems = result.problems
+    if result.definition is not None:
+        problems = validate(result.definition, activities=_activity_names())
+    errors = [p for p in problems if p.is_error]
+    if result.definition is None or errors:
+        for problem in errors or problems:
+            typer.echo(f"{path}:{problem}", err=True)
+        count = len(errors or problems)
+        fail(f"{path} is not a valid definition ({count} problem{'s' * (count != 1)}); not run")
+    return result.definition
+
+
+def _require_input_fits(definition: WorkflowDefinition, run_input: dict[str, Any]) -> None:
     """Refuse, before any server starts, an input the definition's input schema refuses: one
-    line naming the pointer (exit 1). A definition that does not load is left to the run."""
-    from interpreter.errors import OrchestrationError
-    from interpreter.loader import load_definition
+    line naming the pointer (exit 1)."""
     from interpreter.run_input import check_run_input
 
-    try:
-        definition = load_definition(path.read_bytes())
-    except (OrchestrationError, OSError):
-        return
     problems = check_run_input(definition, run_input)
     if problems:
         first = problems[0]
@@ -362,14 +403,14 @@ def run_command(
     """Run one workflow to its end and print the trail, the result and the run's UI URL."""
     if not definition.exists():
         fail(f"no definition file at {definition}", code=2)
-    _require_json_object(definition)
+    loaded = _require_valid_definition(definition, _require_json_object(definition))
     try:
         data = json.loads(input)
     except json.JSONDecodeError as exc:
         fail(f"--input is not JSON: {exc}", code=2)
     if not isinstance(data, dict):
         fail("--input must be a JSON object", code=2)
-    _require_input_fits(definition, data)
+    _require_input_fits(loaded, data)
     events = _parse_events(event or [])
     resolved = definition.resolve()
     if not resolved.is_relative_to(Path.cwd().resolve()):

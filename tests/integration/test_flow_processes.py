@@ -216,8 +216,8 @@ async def test_cli_run_of_a_failing_definition_exits_1(
 async def test_cli_run_of_an_invalid_definition_outside_the_repo_reports_why(
     prefect_server: Any, flow_database_url: str, tmp_path: Path
 ) -> None:
-    # It does not load, so it is not pinned: the flow reads the path, which lies outside the
-    # working directory; the file named on the command line is still allowed.
+    # A file outside the working directory is the user's choice: it is read and validated, and
+    # its problem is named (not DefinitionPathError), before any run is created.
     path = tmp_path / "broken.json"
     state = {"type": "succeed", "bogusField": 1}
     document = {"name": "rt-broken", "version": "1", "startAt": "A", "states": {"A": state}}
@@ -227,7 +227,7 @@ async def test_cli_run_of_an_invalid_definition_outside_the_repo_reports_why(
     )
 
     assert result.returncode == 1, result.stderr
-    summary = json.loads(result.stdout)
-    assert summary["status"] == "failed"
-    assert "DefinitionPathError" not in summary["error"], summary["error"]
-    assert "bogusField" in summary["error"], summary["error"]
+    assert result.stdout == ""  # refused: no run, no summary
+    assert "DefinitionPathError" not in result.stderr, result.stderr
+    assert "bogusField" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
