@@ -207,7 +207,10 @@ async def execute_run(
     workflow = json.loads(text).get("name", definition.stem)
     digest = await _pin(text)
     add_transition_listener(progress)
-    deployment_id = await deploy(run_workflow, "local")
+    # Its own deployment, deleted at the end: nothing is left behind, and another `run` on the
+    # same server never has its deployment deleted under it.
+    deployment_name = f"local-{os.urandom(4).hex()}"
+    deployment_id = await deploy(run_workflow, deployment_name)
     executor = Executor({deployment_id: run_workflow}, poll_seconds=0.2, resumer_tick_seconds=0.5)
     # Prefect's own lines for the run (its traceback of a failure included) would repeat ours.
     run_logs = contextlib.ExitStack()
@@ -258,15 +261,31 @@ async def execute_run(
             summary.update(status="failed", **failure_fields(logs.exceptions.get(run_id), message))
         return summary
     finally:
-        run_logs.close()
         remove_transition_listener(progress)
         executor.stop()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
         await runtime.reset()
+        await _delete_deployment(deployment_id, deployment_name)
         from prefect.logging.handlers import APILogHandler
 
         await APILogHandler.aflush()  # before the local server stops
+        # Last: the engine logs the run's end (and its traceback) after the final state is set.
+        run_logs.close()
+
+
+async def _delete_deployment(deployment_id: Any, name: str) -> None:
+    """Delete the run's own deployment; its runs stay (Prefect keeps them, unlinked)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        async with get_client() as client:
+            await client.delete_deployment(deployment_id)
+    except ObjectNotFound:
+        return
+    except Exception as exc:  # the run's outcome matters more than this cleanup
+        typer.echo(f"note: deployment run-workflow/{name} not deleted: {exc}", err=True)
 
 
 async def _pin(text: str) -> str | None:
@@ -310,13 +329,22 @@ async def _wait_not_paused(client: Any, run_id: Any, deadline: float = 30.0) -> 
         await asyncio.sleep(0.2)
 
 
+def _server_stopped(summary: dict[str, Any]) -> None:
+    """The embedded server has stopped, so its links no longer answer: say how to see the run."""
+    summary["url"] = None
+    summary["view"] = (
+        f"PREFECT_HOME={LOCAL_PREFECT_HOME} prefect server start, then open "
+        f"http://127.0.0.1:4200/runs/flow-run/{summary['runId']}"
+    )
+
+
 def _print_summary(summary: dict[str, Any], output: OutputFormat) -> None:
     if output == OutputFormat.json:
         emit_json(summary)
     elif summary["status"] == "succeeded":
         typer.secho("succeeded", fg=typer.colors.GREEN)
         typer.echo(json.dumps(summary["result"], indent=2, default=str))
-        typer.echo(f"view: {summary['url']}")
+        _print_view(summary)
     else:
         where = f" at {summary['state']}" if summary.get("state") else ""
         cause = f": {summary['cause']}" if summary.get("cause") else ""
@@ -325,7 +353,14 @@ def _print_summary(summary: dict[str, Any], output: OutputFormat) -> None:
         plain = f"{summary.get('state')}: {summary['error']}{cause}"
         if summary.get("message") and summary["message"] != plain:
             typer.echo(f"  {summary['message']}", err=True)  # compensation, the first failure
+        _print_view(summary)
+
+
+def _print_view(summary: dict[str, Any]) -> None:
+    if summary.get("url"):
         typer.echo(f"view: {summary['url']}")
+    else:
+        typer.echo(f"the local Prefect server has stopped; to see this run: {summary['view']}")
 
 
 def _require_json_object(path: Path) -> bytes:
@@ -419,6 +454,7 @@ def run_command(
         os.environ.setdefault("ORCH_DEFINITIONS_DIRECTORY", str(resolved.parent))
     text = output == OutputFormat.text
     _quiet_metrics()
+    embedded = not os.environ.get("PREFECT_API_URL")
     with prefect_api(quiet=not text) as api_url, _settings(api_url):
         summary = asyncio.run(
             execute_run(
@@ -430,6 +466,8 @@ def run_command(
                 show_progress=text,
             )
         )
+    if embedded:
+        _server_stopped(summary)
     _print_summary(summary, output)
     if summary["status"] != "succeeded":
         raise typer.Exit(EXIT_FAILURE)
@@ -549,6 +587,7 @@ def demo_command(output: OutputOption = OutputFormat.text) -> None:
     url = f"http://127.0.0.1:{server.server_address[1]}/devices"
     text = output == OutputFormat.text
     _quiet_metrics()
+    embedded = not os.environ.get("PREFECT_API_URL")
     try:
         with prefect_api(quiet=not text) as api_url, _settings(api_url):
             summary = asyncio.run(
@@ -563,6 +602,8 @@ def demo_command(output: OutputOption = OutputFormat.text) -> None:
             )
     finally:
         server.shutdown()
+    if embedded:
+        _server_stopped(summary)
     _print_summary(summary, output)
     if summary["status"] != "succeeded":
         raise typer.Exit(EXIT_FAILURE)

@@ -68,3 +68,40 @@ async def test_a_failed_run_prints_one_summary_not_a_traceback(
     summary = json.loads(data.stdout)
     assert (summary["status"], summary["state"]) == ("failed", "Broken")
     assert (summary["error"], summary["cause"]) == ("Cli.Broken", "this definition always fails")
+
+
+async def test_run_leaves_no_deployment_behind(prefect_server: Any, flow_database_url: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    definition = str(RUNTIME_DEFINITIONS / "cli-fail.json")
+
+    done = await asyncio.to_thread(_run_cli, prefect_server, flow_database_url, "run", definition)
+
+    assert done.returncode == 1, done.stderr
+    async with get_client() as client:
+        left = await client.read_deployments(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["run-workflow"]))
+        )
+    assert [d.name for d in left if d.name.startswith("local")] == []
+
+
+def test_run_on_the_embedded_server_prints_no_dead_link(tmp_path: Path) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ORCH_"))}
+    environ.update({"PYTHONPATH": str(REPO), "ORCH_OTEL_EXPORTER": "none"})
+    definition = REPO / "tests" / "fixtures" / "definitions" / "valid" / "succeed-output.json"
+
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", "run", str(definition), "-i", '{"id": 1, "a": 2}'],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_SECONDS,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    tail = done.stdout[done.stdout.index("succeeded") :]
+    assert "view: http" not in tail, tail  # the server is stopped: its links no longer answer
+    assert "prefect server start" in tail, tail
