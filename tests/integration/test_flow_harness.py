@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import time
 import uuid
@@ -375,6 +376,38 @@ class FlowSystem:
         return [str(state.name) for state in states]
 
 
+class SessionResumer:
+    """The flow tests' timer resumer (``flows.timers.Resumer``), stoppable and startable again in
+    the context it was made in (the session server's settings)."""
+
+    def __init__(self, tick_seconds: float) -> None:
+        self.tick_seconds = tick_seconds
+        self._context = contextvars.copy_context()
+        self._stop: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        from flows.timers import Resumer
+
+        if self._task is not None:
+            return
+        self._stop = asyncio.Event()
+        loop = Resumer(tick_seconds=self.tick_seconds).run(self._stop)
+        self._task = asyncio.get_running_loop().create_task(loop, context=self._context)
+
+    async def stop(self) -> None:
+        if self._task is None or self._stop is None:
+            return
+        self._stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(self._task, timeout=60)
+        self._task = None
+
+
+#: The session's running resumers (one per flow_system), for tests that must run without them.
+SESSION_RESUMERS: list[SessionResumer] = []
+
+
 @pytest.fixture(scope="session")
 def flow_database_url(postgres: PostgresServer) -> str:
     """A fresh app database on PostgreSQL for the flow tests."""
@@ -434,12 +467,21 @@ async def flow_system(
             {deployment_id: run_workflow},
             concurrency=20,
             poll_seconds=0.2,
-            resumer_tick_seconds=0.3,
+            resume_timers=False,
         )
         task = asyncio.create_task(executor.run())
+        # The executor's timer resumer, run apart so that a test with a database of its own
+        # (tests/integration/test_resumer.py) can stop it: it reads whatever database the runtime
+        # is configured with, and would resolve that test's waits as "gone" (their runs live on
+        # another Prefect server).
+        session_resumer = SessionResumer(tick_seconds=0.3)
+        session_resumer.start()
+        SESSION_RESUMERS.append(session_resumer)
         try:
             yield FlowSystem(deployment_id, url, executor, reader, definitions_dir)
         finally:
+            SESSION_RESUMERS.remove(session_resumer)
+            await session_resumer.stop()
             environment.undo()
             executor.stop()
             with contextlib.suppress(asyncio.CancelledError):

@@ -48,11 +48,20 @@ def app_db(postgres: PostgresServer) -> str:
 
 @pytest.fixture
 async def resources(app_db: str) -> AsyncIterator[runtime.Resources]:
+    # The flow tests' session resumer shares this event loop and reads whatever database the
+    # runtime is configured with: it would resolve these tests' waits as "gone" (their runs live
+    # on other Prefect servers). These tests are about one resumer: stop it meanwhile.
+    from tests.integration.test_flow_harness import SESSION_RESUMERS
+
+    for other in SESSION_RESUMERS:
+        await other.stop()
     runtime.configure(database_url=app_db)
     try:
         yield await runtime.get_resources()
     finally:
         await runtime.reset()
+        for other in SESSION_RESUMERS:
+            other.start()
 
 
 async def _idle_runs(count: int, name: str) -> list[uuid.UUID]:
