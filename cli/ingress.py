@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -67,17 +68,37 @@ def listen_command(embedded: EmbeddedOption = False) -> None:
 
 
 def send_event_command(
-    device: Annotated[str, typer.Argument(help="The device id (the session id on Service Bus).")],
-    name: Annotated[str, typer.Argument(help="The event name, e.g. approve.")],
+    device: Annotated[
+        str | None, typer.Argument(help="The device id (the session id on Service Bus).")
+    ] = None,
+    name: Annotated[str | None, typer.Argument(help="The event name, e.g. approve.")] = None,
     payload: Annotated[str, typer.Option("--payload", help="The event payload, a JSON object.")] = (
         "{}"
     ),
     event_id: Annotated[
         str | None, typer.Option("--event-id", help="Idempotency: the same id is stored once.")
     ] = None,
+    file: Annotated[
+        str | None,
+        typer.Option(
+            "--file",
+            help="Many events: JSON lines ({device, name, payload, eventId} each), - for stdin;"
+            " recorded in batches, one summary; exit 1 if a line is refused.",
+        ),
+    ] = None,
     output: OutputOption = OutputFormat.text,
 ) -> None:
     """Record a device event and start or route it, exactly as the listener would."""
+    if file is not None:
+        if device is not None or name is not None or payload != "{}" or event_id is not None:
+            fail(
+                "--file takes the events from the file: no DEVICE, NAME, --payload or --event-id",
+                code=2,
+            )
+        _send_file(file, output)
+        return
+    if device is None or name is None:
+        fail("give DEVICE and NAME (or --file with JSON lines)", code=2)
     try:
         document = json.loads(payload)
     except ValueError as exc:
@@ -132,6 +153,127 @@ def send_event_command(
             )
     if data["disposition"] != Disposition.COMPLETE:
         fail(escape_controls(f"event refused: {data.get('reason')}: {data.get('description')}"))
+
+
+#: Events recorded per transaction by ``send-event --file``.
+FILE_BATCH = 200
+_LINE_FIELDS = {"device", "name", "payload", "eventId"}
+
+
+def parse_event_line(text: str) -> tuple[str, str, dict[str, Any], str | None]:
+    """``(device, name, payload, event id)`` of one JSON line; ValueError says what is wrong."""
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ValueError("not a JSON object")
+    unknown = sorted(set(document) - _LINE_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(unknown)} (expected {sorted(_LINE_FIELDS)})")
+    device, name = document.get("device"), document.get("name")
+    payload, event_id = document.get("payload", {}), document.get("eventId")
+    if not isinstance(device, str) or not device:
+        raise ValueError("device must be a non-empty string")
+    if not isinstance(name, str) or not name:
+        raise ValueError("name must be a non-empty string")
+    if not isinstance(payload, dict):
+        raise ValueError("payload must be a JSON object")
+    if event_id is not None and (not isinstance(event_id, str) or not event_id):
+        raise ValueError("eventId must be a non-empty string")
+    return device, name, payload, event_id
+
+
+def _send_file(file: str, output: OutputFormat) -> None:
+    """``send-event --file``: every line parsed, valid ones recorded ``FILE_BATCH`` at a time."""
+    import sys
+    from collections import Counter
+
+    from cli.running import prefect_api
+    from flows.definitions import DefinitionPinner
+    from listeners.events import IncomingMessage
+    from listeners.local import event_message, open_ingress
+    from listeners.pipeline import Disposition
+    from listeners.settings import IngressSettings
+    from store.settings import DatabaseSettings
+
+    try:
+        text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"--file {file}: cannot read: {exc}", code=2)
+    database_url = DatabaseSettings().url
+    ingress_settings = IngressSettings()
+    _logging(level=None)
+    refused: list[dict[str, Any]] = []
+    messages: list[tuple[int, IncomingMessage]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            device, name, payload, event_id = parse_event_line(line)
+        except ValueError as exc:
+            refused.append({"line": number, "reason": "MalformedLine", "description": str(exc)})
+            continue
+        messages.append((number, event_message(device, name, payload, event_id=event_id)))
+    counts: Counter[str] = Counter()
+    actions: Counter[str] = Counter()
+
+    async def main() -> None:
+        async with open_ingress(
+            database_url=database_url,
+            settings=ingress_settings,
+            definitions=DefinitionPinner.from_environment(),
+        ) as rt:
+            for start in range(0, len(messages), FILE_BATCH):
+                batch = messages[start : start + FILE_BATCH]
+                outcomes = await rt.local.send_many([message for _, message in batch])
+                for (number, _), outcome in zip(batch, outcomes, strict=True):
+                    if outcome.disposition is Disposition.COMPLETE and outcome.result:
+                        counts[outcome.result.recorded.value] += 1
+                        actions[outcome.result.action.value] += 1
+                    else:
+                        refused.append(
+                            {
+                                "line": number,
+                                "reason": outcome.reason,
+                                "description": outcome.description,
+                            }
+                        )
+
+    if messages:
+        with prefect_api(quiet=output is OutputFormat.json):
+            asyncio.run(main())
+    refused.sort(key=lambda item: int(item["line"]))
+    data: dict[str, Any] = {
+        "events": len(messages) + sum(1 for r in refused if r["reason"] == "MalformedLine"),
+        "recorded": counts["recorded"],
+        "duplicate": counts["duplicate"],
+        "refused": refused,
+        "actions": dict(sorted(actions.items())),
+    }
+    if output is OutputFormat.json:
+        emit_json(data)
+    else:
+        for item in refused:
+            typer.echo(
+                escape_controls(f"line {item['line']}: {item['reason']}: {item['description']}"),
+                err=True,
+            )
+        lines = ", ".join(str(item["line"]) for item in refused)
+        typer.echo(
+            f"{data['events']} events: recorded={data['recorded']} duplicate={data['duplicate']}"
+            f" refused={len(refused)}"
+            + (f" (lines {lines})" if refused else "")
+            + "".join(f" {action}={n}" for action, n in data["actions"].items())
+        )
+        if actions["deferred"]:
+            typer.echo(
+                "deferred: kept in the outbox; the reconciler of `orchestration worker` "
+                "(or serve-api, listen) finishes them once Prefect answers",
+                err=True,
+            )
+    if refused:
+        raise typer.Exit(EXIT_FAILURE)
 
 
 def process_dead_letters_command(
