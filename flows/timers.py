@@ -39,6 +39,7 @@ from prefect.client.schemas.responses import SetStateStatus
 from prefect.exceptions import ObjectNotFound
 
 from flows.runtime import get_resources
+from operations.prefect_call import call_prefect
 
 __all__ = ["PrefectUnreachableError", "Resumer", "ResumerStats"]
 
@@ -127,21 +128,9 @@ class Resumer:
 
     async def _call(self, call: Awaitable[T]) -> T:
         """Await a Prefect call under the deadline; an unreachable Prefect is one error type."""
-        try:
-            async with asyncio.timeout(self.call_timeout):
-                return await call
-        except TimeoutError as exc:
-            raise PrefectUnreachableError(
-                f"Prefect did not answer within {self.call_timeout:g}s"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise PrefectUnreachableError(f"Prefect unreachable ({exc!r})") from exc
-        except httpx.HTTPStatusError as exc:
-            if exc.response.status_code >= 500:
-                raise PrefectUnreachableError(
-                    f"Prefect answered {exc.response.status_code}"
-                ) from exc
-            raise
+        return await call_prefect(
+            call, seconds=self.call_timeout, unavailable=PrefectUnreachableError
+        )
 
     async def _resume(self, client: PrefectClient, wait: Any, kind: str, now: datetime) -> bool:
         resources = await get_resources()

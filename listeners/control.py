@@ -12,7 +12,6 @@ its own, which would otherwise stall ingress for a minute while Prefect is down.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 from uuid import UUID
 
 import httpx
+
+from operations.prefect_call import call_prefect
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
@@ -149,23 +150,18 @@ class PrefectRunControl:
         return self._client
 
     async def _call(self, call: Awaitable[T]) -> T:
-        """Await ``call`` under the deadline, translating transport failures at this edge."""
+        """Await ``call`` under the deadline, translating Prefect's failures at this edge."""
         from prefect.exceptions import ObjectNotFound
 
         try:
-            async with asyncio.timeout(self._timeout):
-                return await call
-        except TimeoutError as exc:
-            raise ControlUnavailableError(
-                f"Prefect did not answer within {self._timeout}s"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise ControlUnavailableError(f"Prefect unreachable: {exc!r}") from exc
-        except httpx.HTTPStatusError as exc:
+            return await call_prefect(
+                call, seconds=self._timeout, unavailable=ControlUnavailableError
+            )
+        except httpx.HTTPStatusError as exc:  # 4xx: call_prefect turned 5xx into unavailable
             code = exc.response.status_code
             if code == 404:
                 raise RunNotFoundError(f"Prefect answered 404: {exc.response.text}") from exc
-            if code >= 500 or code in (408, 429):
+            if code in (408, 429):
                 raise ControlUnavailableError(f"Prefect answered {code}") from exc
             raise ControlError(
                 f"Prefect refused the request ({code}): {exc.response.text}"
