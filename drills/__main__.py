@@ -20,6 +20,8 @@ from drills import (  # noqa: F401 - importing a drill module registers its dril
     duplicates,
     listener_kill,
     listener_pair,
+    lock_loss,
+    pg_restart,
     prefect_down,
     versions,
     worker_kill,
@@ -75,7 +77,8 @@ async def run_all(chosen: list[Drill], progress: bool) -> list[Row]:
                 print(f"drill {one.name}: {one.injected}", file=sys.stderr, flush=True)
             rows.append(await run_one(platform, one))
             if progress:
-                verdict = "PASS" if rows[-1].passed else "FAIL"
+                last = rows[-1]
+                verdict = "SKIP" if last.skipped else "PASS" if last.passed else "FAIL"
                 print(f"  {verdict} in {rows[-1].seconds:.0f}s", file=sys.stderr, flush=True)
     finally:
         await asyncio.to_thread(platform.close)

@@ -57,6 +57,8 @@ class Trial:
         snap, heal = await settle(Observer(self.stage), self.expect, deadline, since)
         row = self.row.fill(snap, self.expect, len(self.send.sent), heal)
         if not row.passed:
+            # What a stuck run waits for: the workers print their threads and asyncio tasks.
+            await asyncio.to_thread(self.stage.dump_stacks)
             row.problems.append(f"process logs: {self.stage.directory}")
         return row
 

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -258,6 +259,15 @@ class Stage:
     async def sink_wait(self, seconds: float) -> None:
         """A pause between two polls of a condition (never a wait for a result by itself)."""
         await asyncio.sleep(seconds)
+
+    def dump_stacks(self) -> None:
+        """Ask every live worker for its stacks (SIGUSR1: threads and asyncio tasks, written to
+        its log), and give them a moment to write."""
+        workers = [p for p in self.processes if p.alive and p.name.startswith("worker")]
+        for process in workers:
+            process.signal(signal.SIGUSR1)
+        if workers:
+            time.sleep(2.0)
 
     def close(self) -> None:
         for process in self.processes:

@@ -59,6 +59,11 @@ class Process:
             self._popen.send_signal(signal.SIGKILL)
             self._popen.wait(timeout=30)
 
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` if the process is alive."""
+        if self._popen is not None and self._popen.poll() is None:
+            self._popen.send_signal(signum)
+
     def stop(self, grace: float = 30.0) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds."""
         if self._popen is None or self._popen.poll() is not None:
