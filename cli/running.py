@@ -530,6 +530,7 @@ async def _worker(concurrency: int, deployment: str) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop, sig.name)
+    loop.add_signal_handler(signal.SIGUSR1, _dump_stacks)
     try:
         # Beside the runs: the outbox reconciler (starts and resumes deferred by any ingress
         # while Prefect was down), so no device waits for a listener to come up.
@@ -540,6 +541,26 @@ async def _worker(concurrency: int, deployment: str) -> None:
             loop.remove_signal_handler(sig)
         await runtime.reset()
     typer.echo(f"stopped: {executor.stats.as_dict()}")
+
+
+def _dump_stacks() -> None:
+    """SIGUSR1 (``kill -USR1 <pid>``): every thread's stack and every asyncio task's await
+    chain to stderr, to see what a run that does not move is waiting for."""
+    import faulthandler
+
+    faulthandler.dump_traceback(all_threads=True)
+    for task in asyncio.all_tasks():
+        chain: list[str] = []
+        awaited: Any = task.get_coro()
+        while awaited is not None and len(chain) < 64:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is not None:
+                chain.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+            nxt = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+            if nxt is None and frame is None:
+                chain.append(repr(awaited)[:200])
+            awaited = nxt
+        print(f"task {task.get_name()}:\n  " + "\n  ".join(chain), file=sys.stderr, flush=True)
 
 
 def _reconciling() -> contextlib.AbstractAsyncContextManager[object]:
