@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cli.running",
     "cli.ingress",
     "cli.db",
+    "cli.server",
 )
 
 app = typer.Typer(

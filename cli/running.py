@@ -2,7 +2,8 @@
 
 ``run`` executes one definition end to end in this process. It first refuses, with every
 problem, a definition ``orchestration validate`` refuses, before anything starts. With no
-``PREFECT_API_URL`` it starts a local Prefect server (SQLite, under ``.orchestration/prefect``)
+``PREFECT_API_URL`` it uses the local server ``orchestration server start`` keeps running
+(``cli.server``) while it answers, else it starts one (SQLite, under ``.orchestration/prefect``)
 and stops it at the end; the app database defaults to SQLite (``ORCH_DB_URL``). It registers the
 ``run-workflow`` deployment, creates the run (named and tagged), executes it with the in-process
 executor and its resumer, delivers each ``--event`` once the run waits, prints the trail state by
@@ -34,13 +35,13 @@ import typer
 from cli.embedded import EmbeddedOption, require_database_url
 from cli.output import EXIT_FAILURE, OutputFormat, OutputOption, emit_json, fail
 from cli.runlogs import failure_fields, run_logs_off_console
+from cli.server import LOCAL_PREFECT_HOME, answering_server, answers, launch, use_server
 
 if TYPE_CHECKING:
     from interpreter.models import WorkflowDefinition
 
 __all__ = ["register"]
 
-LOCAL_PREFECT_HOME = Path(".orchestration/prefect")
 SERVER_DEADLINE_SECONDS = 120
 DEMO_DEFINITION = Path("definitions/device-onboarding.json")
 DEMO_DEVICE_PREFIX = "demo-device-"
@@ -57,7 +58,8 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def prefect_api(quiet: bool = False) -> Iterator[str]:
-    """The configured Prefect API, or a local server (SQLite) started for the block's duration."""
+    """The configured Prefect API, else the one ``orchestration server start`` keeps running
+    (while it answers), else a local server (SQLite) started for the block's duration."""
     # Our own progress lines say what happens; Prefect's console lines would repeat them (the
     # run's logs still reach the Prefect API and the UI).
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
@@ -65,23 +67,19 @@ def prefect_api(quiet: bool = False) -> Iterator[str]:
     if configured:
         yield configured
         return
+    recorded = answering_server()
+    if recorded is not None:
+        with use_server(recorded, quiet=quiet) as reused:
+            yield reused
+        return
     home = LOCAL_PREFECT_HOME.resolve()
     home.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
-    env = dict(os.environ)
-    env.update({"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
     log = (home / "server.log").open("ab")
-    prefect_bin = str(Path(sys.executable).with_name("prefect"))
     if not quiet:
         typer.echo(f"starting a local Prefect server on {api_url} (log: {home / 'server.log'})")
-    process = subprocess.Popen(  # noqa: S603 - our own venv's prefect binary, fixed arguments
-        [prefect_bin, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    process = launch(home, port, log)
     try:
         _wait_healthy(api_url, process)
         os.environ.update(
@@ -333,7 +331,8 @@ def _server_stopped(summary: dict[str, Any]) -> None:
     """The embedded server has stopped, so its links no longer answer: say how to see the run."""
     summary["url"] = None
     summary["view"] = (
-        f"PREFECT_HOME={LOCAL_PREFECT_HOME} prefect server start, then open "
+        f"orchestration server start --port 4200 (or PREFECT_HOME={LOCAL_PREFECT_HOME} "
+        "prefect server start), then open "
         f"http://127.0.0.1:4200/runs/flow-run/{summary['runId']}"
     )
 
@@ -466,7 +465,7 @@ def run_command(
                 show_progress=text,
             )
         )
-    if embedded:
+    if embedded and not answers(api_url):  # a reused server keeps answering: its link stays
         _server_stopped(summary)
     _print_summary(summary, output)
     if summary["status"] != "succeeded":
@@ -623,7 +622,7 @@ def demo_command(output: OutputOption = OutputFormat.text) -> None:
             )
     finally:
         server.shutdown()
-    if embedded:
+    if embedded and not answers(api_url):  # a reused server keeps answering: its link stays
         _server_stopped(summary)
     _print_summary(summary, output)
     if summary["status"] != "succeeded":
