@@ -3,8 +3,11 @@
 Prefect's stock workers start a Python process per flow run (~1 run/s on two cores). This executor
 polls the server for due runs of its deployments, claims each by proposing ``Pending`` (another
 executor that got there first wins; ``Abort`` or a non-pending answer means "not mine"), and runs
-it as an asyncio task with ``prefect.flow_engine.run_flow`` under one shared API client. It also
-runs the resumer (``flows.timers``) so suspended runs wake up when their timer is due.
+it as an asyncio task with ``prefect.flow_engine.run_flow`` under one shared API client. Due runs
+are claimed concurrently, each poll's batch at once. It also runs the resumer (``flows.timers``)
+so suspended runs wake up when their timer is due, and the healer (``flows.leases``): it keeps
+this process's lease, holds each run it claims until the engine returns, and takes back the runs
+of executors (or Prefect workers) that died mid-run.
 
 What the 3.9.1 flow engine assumes about one run per process, and how this module handles it
 (``/work/shared/PREFECT-NOTES.md``, "Many runs in one process"):
@@ -46,6 +49,8 @@ from prefect.exceptions import Abort, Pause, TerminationSignal
 from prefect.flow_engine import run_flow
 from prefect.states import Pending
 from prefect.utilities.engine import propose_state
+
+from flows.leases import Healer, Keeper, executor_managed, keeper
 
 __all__ = ["Executor", "ExecutorStats", "deploy", "ensure_deployment", "install_engine_patches"]
 
@@ -111,11 +116,15 @@ class Executor:
     drain_seconds: float = 30.0
     resume_timers: bool = True
     resumer_tick_seconds: float = 1.0
+    #: Keep a process lease, hold claimed runs and take back dead processes' runs
+    #: (``flows.leases``).
+    heal: bool = True
     stats: ExecutorStats = field(default_factory=ExecutorStats)
     _in_flight: dict[UUID, asyncio.Task[None]] = field(default_factory=dict)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _outage_since: float | None = None
     _context: contextvars.Context | None = None
+    _keeper: Keeper | None = None
 
     def stop(self) -> None:
         """Stop claiming new runs; ``run`` drains the runs in flight and returns."""
@@ -135,21 +144,32 @@ class Executor:
         # Runs are spawned from this context: no flow-run context, the shared client below.
         async with AsyncClientContext.get_or_create() as client_context:
             self._context = contextvars.copy_context()
-            resumer: asyncio.Task[None] | None = None
+            helpers: list[asyncio.Task[None]] = []
             if self.resume_timers:
                 from flows.timers import Resumer
 
-                resumer = asyncio.create_task(
-                    Resumer(tick_seconds=self.resumer_tick_seconds).run(self._stop)
+                helpers.append(
+                    asyncio.create_task(
+                        Resumer(tick_seconds=self.resumer_tick_seconds).run(self._stop)
+                    )
                 )
+            if self.heal:
+                self._keeper = await self._start_keeper()
+                if self._keeper is not None:
+                    healer = Healer(list(self.flows), self._keeper)
+                    helpers.append(
+                        asyncio.create_task(healer.run(client_context.client, self._stop))
+                    )
             try:
                 await self._poll_loop(client_context.client)
             finally:
                 await self._drain()
-                if resumer is not None:
-                    resumer.cancel()
+                for helper in helpers:
+                    helper.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
-                        await resumer
+                        await helper
+                if self._keeper is not None:
+                    await self._keeper.stop()
                 if handle_signals:
                     for sig in (signal.SIGTERM, signal.SIGINT):
                         loop.remove_signal_handler(sig)
@@ -172,11 +192,12 @@ class Executor:
                 else:
                     self.stats.polls += 1
                     self._poll_answered()
-                for flow_run in runs:
-                    if flow_run.id in self._in_flight or len(self._in_flight) >= self.concurrency:
-                        continue
-                    if await self._claim(client, flow_run):
-                        self._spawn(flow_run)
+                due = [run for run in runs if run.id not in self._in_flight][:free]
+                # Claimed concurrently: one claim's round trip does not wait for another's.
+                claims = await asyncio.gather(*(self._claim(client, run) for run in due))
+                for flow_run, held in zip(due, claims, strict=True):
+                    if held is not None:
+                        self._spawn(flow_run, held)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=self.poll_seconds)
 
@@ -203,27 +224,49 @@ class Executor:
         )
         self._outage_since = None
 
-    async def _claim(self, client: PrefectClient, flow_run: FlowRun) -> bool:
+    async def _start_keeper(self) -> Keeper | None:
+        try:
+            found = await keeper()
+            await found.start(persistent=True)
+        except Exception as exc:
+            logger.warning(
+                "no process lease (%s): runs of dead executors are not taken back by this one",
+                exc,
+            )
+            return None
+        return found
+
+    async def _claim(self, client: PrefectClient, flow_run: FlowRun) -> bool | None:
+        """Claim ``flow_run`` (propose Pending); None when it is not ours, else whether this
+        process holds its lease (``flows.leases``)."""
         try:
             state = await propose_state(client, Pending(), flow_run_id=flow_run.id)
         except Abort:
             self.stats.lost_claims += 1
-            return False
+            return None
         except Exception:
             logger.exception("claiming run %s failed", flow_run.id)
-            return False
+            return None
         if not state.is_pending():
             self.stats.lost_claims += 1
-            return False
+            return None
         self.stats.claimed += 1
+        if self._keeper is None:
+            return False
+        try:
+            await self._keeper.hold(flow_run.id)
+        except Exception as exc:  # the run holds itself when its flow starts
+            logger.warning("holding run %s failed (%s)", flow_run.id, exc)
+            return False
         return True
 
-    def _spawn(self, flow_run: FlowRun) -> None:
+    def _spawn(self, flow_run: FlowRun, held: bool) -> None:
         flow = self.flows[flow_run.deployment_id] if flow_run.deployment_id else None
         if flow is None:
             return
         context = (self._context or contextvars.copy_context()).copy()
-        task = asyncio.create_task(self._execute(flow, flow_run), context=context)
+        context.run(executor_managed.set, held)
+        task = asyncio.create_task(self._execute(flow, flow_run, held), context=context)
         self._in_flight[flow_run.id] = task
         run_id = flow_run.id
 
@@ -232,12 +275,19 @@ class Executor:
 
         task.add_done_callback(forget)
 
-    async def _execute(self, flow: Flow[..., Any], flow_run: FlowRun) -> None:
+    async def _execute(self, flow: Flow[..., Any], flow_run: FlowRun, held: bool) -> None:
         started = time.perf_counter()
         try:
             await self._execute_one(flow, flow_run)
         finally:
             self.stats.record_held(flow_run.id, time.perf_counter() - started)
+            if held and self._keeper is not None:
+                # After the engine set the run's state: never a window where a Running run
+                # has no holder while this process still executes it.
+                try:
+                    await self._keeper.release(flow_run.id)
+                except Exception as exc:
+                    logger.debug("releasing run %s failed: %s", flow_run.id, exc)
 
     async def _execute_one(self, flow: Flow[..., Any], flow_run: FlowRun) -> None:
         try:

@@ -14,6 +14,7 @@ the trail it had reached.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -24,8 +25,9 @@ from prefect.client.schemas.objects import FlowRun, State
 from prefect.context import FlowRunContext
 from prefect.exceptions import Pause
 
-from flows import definitions, steps, trail
+from flows import definitions, leases, steps, trail
 from flows.driver import RunDriver, TransitionListener
+from flows.leases import executor_managed
 from flows.logfilter import install_suspend_log_filter
 from flows.runtime import Resources, get_resources
 from flows.wake import event_subject
@@ -33,6 +35,7 @@ from interpreter.errors import OrchestrationError
 from interpreter.models import WorkflowDefinition
 from interpreter.runtime import Finished, RunState, SystemContext, TrailEntry
 from operations.observability import log_context, metrics
+from store.transient import retry_transient
 
 __all__ = [
     "FLOW_NAME",
@@ -178,6 +181,26 @@ async def run_workflow(
     if context is None or context.flow_run is None:
         raise RuntimeError("run_workflow must run as a Prefect flow run")
     flow_run = context.flow_run
+    if executor_managed.get():  # the executor holds the run's lease around the engine
+        return await _execute(flow_run, workflow, input, version, device_id, definition_hash)
+    # A Prefect worker's flow process: the run holds its lease itself (``flows.leases``).
+    lease = await leases.keeper()
+    await retry_transient("holding the run's lease", lambda: lease.hold(flow_run.id))
+    try:
+        return await _execute(flow_run, workflow, input, version, device_id, definition_hash)
+    finally:
+        with contextlib.suppress(Exception):
+            await lease.release(flow_run.id)
+
+
+async def _execute(
+    flow_run: FlowRun,
+    workflow: str,
+    input: dict[str, Any] | None,
+    version: str | None,
+    device_id: str | None,
+    definition_hash: str | None,
+) -> Any:
     run_id = str(flow_run.id)
     logger = get_run_logger()
     resources = await get_resources()

@@ -12,6 +12,10 @@ up to ``wait_timeout``) until the result is there.
   is taken to be dead (its process crashed) and the next caller takes it over and runs ``fn``. The
   lease must therefore exceed the longest time ``fn`` can run, or ``fn`` may run twice. If the old
   owner does finish after all, whichever finisher writes first wins and both return that result.
+- Dead holders: every claim names its process (``store.leases.process_holder``). When that
+  process kept a process lease and the lease has expired (it was killed: ``flows.leases``), the
+  claim is taken over at once, without waiting out ``lease``: a run taken back from a dead
+  executor re-executes its step in flight with the same key instead of waiting on it.
 - The row records the activity name and a sha256 of the canonical JSON of the input: the same key
   used for another activity or another input raises ``IdempotencyConflictError`` instead of
   returning a result that belongs to something else.
@@ -34,10 +38,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, JsonValue
 from pydantic_core import to_jsonable_python
 from sqlalchemy import RowMapping, delete, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.columns import utc_now
 from store.db import Database
 from store.errors import IdempotencyConflictError, IdempotencyPendingError
+from store.leases import holder_expired, process_holder
 from store.sql import insert_or_ignore
 from store.tables import IDEMPOTENCY_KEYS
 
@@ -160,6 +166,7 @@ class IdempotencyStore:
                     "input_hash": digest,
                     "status": "pending",
                     "owner": token,
+                    "holder": process_holder(),
                     "claimed_at": now,
                 },
                 ["key"],
@@ -179,15 +186,25 @@ class IdempotencyStore:
                     f"it was used with a different input (sha256 {row['input_hash']}, "
                     f"now {digest})",
                 )
-            if row["status"] == "pending" and row["claimed_at"] < now - self.lease:
+            if row["status"] == "pending" and await self._stale(connection, row, now):
                 taken = await connection.execute(
                     update(_T)
                     .where(_T.c.key == key, _T.c.owner == row["owner"], _T.c.status == "pending")
-                    .values(owner=token, claimed_at=now)
+                    .values(owner=token, holder=process_holder(), claimed_at=now)
                 )
                 if taken.rowcount == 1:
                     return token, None
             return None, row
+
+    async def _stale(self, connection: AsyncConnection, row: RowMapping, now: datetime) -> bool:
+        """Whether a ``pending`` claim is dead: older than the lease, or held by a process whose
+        process lease has expired."""
+        if row["claimed_at"] < now - self.lease:
+            return True
+        holder = row["holder"]
+        if not holder or holder == process_holder():
+            return False
+        return await holder_expired(connection, holder, now)
 
     async def _execute(
         self,

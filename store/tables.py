@@ -10,6 +10,8 @@ Constraint and index names are explicit so that migrations and autogenerate comp
     waits            runs waiting for an event or a timer
     device_runs      the current run of each device (at most one)
     route_outbox     start/resume requests that must happen even if Prefect is down right now
+    process_leases   the processes that execute runs, each alive while it renews its row
+    run_leases       which process executes each run now (a dead holder's runs are taken back)
 """
 
 from __future__ import annotations
@@ -38,15 +40,19 @@ __all__ = [
     "DEVICE_EVENTS",
     "DEVICE_RUNS",
     "IDEMPOTENCY_KEYS",
+    "PROCESS_LEASES",
     "RECORDS",
     "ROUTE_OUTBOX",
+    "RUN_LEASES",
     "WAITS",
     "DeviceEventRow",
     "DeviceRow",
     "DeviceRunRow",
     "IdempotencyKeyRow",
+    "ProcessLeaseRow",
     "RecordRow",
     "RouteOutboxRow",
+    "RunLeaseRow",
     "WaitRow",
     "metadata",
 ]
@@ -103,6 +109,9 @@ class IdempotencyKeyRow(SQLModel, table=True):
     input_hash: str | None = Field(default=None, sa_column=Column(String(64)))
     status: str = Field(sa_column=Column(String(16), nullable=False))
     owner: str = Field(sa_column=Column(String(36), nullable=False))
+    #: The process (``process_leases.holder``) whose call holds a ``pending`` row: when that
+    #: process is dead, the claim is taken over at once instead of after the lease.
+    holder: str | None = Field(default=None, sa_column=Column(String(ID)))
     result: Any = Field(default=None, sa_column=Column(JSON_TYPE, nullable=True))
     claimed_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     completed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
@@ -176,6 +185,27 @@ class RouteOutboxRow(SQLModel, table=True):
     updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
 
 
+class ProcessLeaseRow(SQLModel, table=True):
+    __tablename__ = "process_leases"
+
+    holder: str = Field(sa_column=Column(String(ID), primary_key=True))
+    host: str = Field(sa_column=Column(String(ID), nullable=False))
+    pid: int = Field(sa_column=Column(Integer, nullable=False))
+    started_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    renewed_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    expires_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+
+
+class RunLeaseRow(SQLModel, table=True):
+    __tablename__ = "run_leases"
+
+    flow_run_id: str = Field(sa_column=Column(String(ID), primary_key=True))
+    holder: str = Field(sa_column=Column(String(ID), nullable=False))
+    held_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    #: How many times the run was taken back from a dead holder.
+    heals: int = Field(sa_column=Column(Integer, nullable=False))
+
+
 def _table(model: type[SQLModel]) -> Table:
     table = model.__table__  # type: ignore[attr-defined]  # set by SQLModel's metaclass, undeclared
     if not isinstance(table, Table):
@@ -192,6 +222,8 @@ RECORDS = _table(RecordRow)
 WAITS = _table(WaitRow)
 DEVICE_RUNS = _table(DeviceRunRow)
 ROUTE_OUTBOX = _table(RouteOutboxRow)
+PROCESS_LEASES = _table(ProcessLeaseRow)
+RUN_LEASES = _table(RunLeaseRow)
 
 #: The metadata the migrations target.
 metadata = SQLModel.metadata

@@ -31,8 +31,10 @@ TABLES = {
     "device_runs",
     "devices",
     "idempotency_keys",
+    "process_leases",
     "records",
     "route_outbox",
+    "run_leases",
     "waits",
 }
 
