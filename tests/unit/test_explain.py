@@ -37,7 +37,7 @@ def test_explain_lists_activities_events_compensations_and_outcomes() -> None:
     assert {"state": "RollBack", "status": "failed", "error": "OnboardingFailed"} in data[
         "outcomes"
     ]
-    assert len(data["states"]) == 13
+    assert len(data["states"]) == 15  # 13 + the branch's HasExternalSystem, NoExternalSystem
 
 
 def test_explain_text_reads_as_a_summary() -> None:

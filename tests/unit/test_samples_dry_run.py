@@ -31,6 +31,7 @@ ONBOARDED: Trail = [
     ("GetDeviceEvents", "succeeded"),
     ("ProcessDeviceEvents", "succeeded"),
     ("CheckResult", "-> UpdateAndNotify (default)"),
+    ("UpdateAndNotify/0/HasExternalSystem", "-> UpdateExternalSystem (default)"),
     ("UpdateAndNotify/0/UpdateExternalSystem", "succeeded"),
     ("UpdateAndNotify/1/NotifyOperators", "succeeded"),
     ("UpdateAndNotify", "succeeded"),
@@ -162,7 +163,10 @@ def test_device_never_ready_times_out_notifies_and_rolls_the_record_back() -> No
     assert calls(result, "compensation") == [("CreateOnboardingRecord", 1, "succeeded")]
     [undo] = [c for c in result.calls if c.kind == "compensation"]
     assert (undo.activity, undo.input) == ("records.rollbackCreate", {"id": "rec-2"})
-    assert result.cause == "the device did not complete onboarding"
+    assert result.cause == (
+        "onboarding did not complete (the trail shows the step that failed or timed out); "
+        "its work was undone"
+    )
 
 
 def test_firmware_update_polls_until_the_device_reports_the_new_version() -> None:
