@@ -29,6 +29,7 @@ from typing import Any
 import typer
 
 from cli.output import EXIT_FAILURE, EXIT_USAGE
+from operations.chain import exception_chain
 
 __all__ = ["answer_known_failures", "describe_failure", "validation_summary"]
 
@@ -56,20 +57,6 @@ _SERVICEBUS_CONNECT_ERRORS = frozenset(
     }
 )
 _FIELD_IN_SETTINGS_ERROR = re.compile(r'error parsing value for field "([^"]+)"')
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in seen:
-        seen.append(current)
-        if isinstance(current, BaseExceptionGroup) and current.exceptions:
-            current = current.exceptions[0]  # a task group's first failure: the one that counts
-        else:
-            current = current.__cause__ or (
-                None if current.__suppress_context__ else current.__context__
-            )
-    return seen
 
 
 def _modules(tb: TracebackType | None) -> Iterator[str]:
@@ -167,7 +154,7 @@ def _prefect_url() -> str:
 
 def _unreachable(exc: BaseException) -> str | None:
     """The one line for a database or Prefect server that cannot be reached."""
-    chain = _chain(exc)
+    chain = exception_chain(exc, every_member=False)
     modules = [module for link in chain for module in _modules(link.__traceback__)]
     root = chain[-1]
     detail = f"{type(root).__name__}: {root}" if str(root) else type(root).__name__

@@ -31,6 +31,8 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
+from operations.chain import exception_chain
+
 __all__ = [
     "EscapingFormatter",
     "configure_plain_logging",
@@ -98,24 +100,10 @@ def _redact(text: str) -> str:
     return redact(text)
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
-    links: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in links:
-        links.append(current)
-        if isinstance(current, BaseExceptionGroup) and current.exceptions:
-            current = current.exceptions[0]  # a task group's first failure
-        else:
-            current = current.__cause__ or (
-                None if current.__suppress_context__ else current.__context__
-            )
-    return links
-
-
 def is_connection_failure(exc: BaseException) -> bool:
     """True when ``exc`` (or what caused it) is a failure to reach a service: a socket error, a
     timeout, an httpx transport error, a database driver's connection error."""
-    for link in _chain(exc):
+    for link in exception_chain(exc, every_member=False):
         names = {klass.__name__ for klass in type(link).__mro__}
         if isinstance(link, OSError) or names & _CONNECTION_ERRORS:
             return True
@@ -126,7 +114,7 @@ def is_connection_failure(exc: BaseException) -> bool:
 
 def _summary(exc: BaseException) -> str:
     """``Outer: message (cause: Root: message)`` on one line."""
-    root = _chain(exc)[-1]
+    root = exception_chain(exc, every_member=False)[-1]
     text = f"{type(exc).__name__}: {exc}"
     if root is not exc:
         text += f" (cause: {type(root).__name__}: {root})"

@@ -35,6 +35,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from operations.chain import exception_chain
+
 __all__ = ["DEFAULT_BUDGET_SECONDS", "is_transient", "retry_transient"]
 
 logger = logging.getLogger("store.transient")
@@ -68,24 +70,6 @@ _FILE_ERRORS = (
 )
 _FILE_ERRNOS = frozenset({errno.ENOENT, errno.EEXIST, errno.EISDIR, errno.ENOTDIR, errno.EACCES})
 _SQLITE_BUSY = ("database is locked", "database table is locked")
-
-
-def _links(exc: BaseException) -> list[BaseException]:
-    """``exc`` and everything that caused it, exception groups' members included."""
-    seen: list[BaseException] = []
-    pending: list[BaseException] = [exc]
-    while pending:
-        current = pending.pop()
-        if any(current is known for known in seen):
-            continue
-        seen.append(current)
-        if isinstance(current, BaseExceptionGroup):
-            pending.extend(current.exceptions)
-        if current.__cause__ is not None:
-            pending.append(current.__cause__)
-        elif current.__context__ is not None and not current.__suppress_context__:
-            pending.append(current.__context__)
-    return seen
 
 
 def _names(exc: BaseException) -> set[str]:
@@ -136,7 +120,7 @@ def is_transient(exc: BaseException) -> bool:
     """True when ``exc`` (or what caused it) is a failure of the connection, not of the call."""
     if isinstance(exc, asyncio.CancelledError):
         return False
-    return any(_one_is_transient(link) for link in _links(exc))
+    return any(_one_is_transient(link) for link in exception_chain(exc))
 
 
 def _summary(exc: BaseException) -> str:
