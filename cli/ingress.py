@@ -5,7 +5,8 @@ one log line per message; it needs ``ORCH_DB_URL`` or ``--embedded`` (``cli.embe
 plain-text line escapes control characters (``operations.logtext``): a newline in a device id,
 session id or event name cannot forge a line. ``send-event`` is the embedded default's ingress:
 the same pipeline after the transport, on the configured database (``ORCH_DB_URL``) and Prefect
-(``PREFECT_API_URL``, else a local server for the command's duration). ``deadletters process``
+(``PREFECT_API_URL``, else the one ``orchestration server start`` keeps, else a local server for
+the command's duration). ``deadletters process``
 drains the dead-letter queue once, as the scheduled ``process-dead-letters`` flow does.
 """
 
