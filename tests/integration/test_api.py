@@ -7,12 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.postgres import free_port
+from tests.support.api_process import REPO_ROOT, app_env, serve_api, workflow_deployment
 
 pytestmark = [pytest.mark.integration]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 KEY = "test-key-" + uuid.uuid4().hex
 OTHER_KEY = "rotated-key-" + uuid.uuid4().hex
 MAX_BODY = 4096
@@ -35,92 +30,21 @@ MAX_BODY = 4096
 def deployment(prefect_server: object) -> str:
     """A deployment of the real workflow flow, with no worker: its runs stay Scheduled unless a
     test executes one itself (as a process worker would)."""
-    from prefect import get_client
-
-    from flows.workflow import run_workflow
-
-    name = f"api-{uuid.uuid4().hex[:8]}"
-
-    async def create() -> None:
-        async with get_client() as client:
-            flow_id = await client.create_flow(run_workflow)
-            await client.create_deployment(
-                flow_id=flow_id,
-                name=name,
-                entrypoint="flows/workflow.py:run_workflow",
-                pull_steps=[
-                    {
-                        "prefect.deployments.steps.set_working_directory": {
-                            "directory": str(REPO_ROOT)
-                        }
-                    }
-                ],
-            )
-
-    asyncio.run(create())
-    return f"run-workflow/{name}"
+    return workflow_deployment("api")
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The API's files: a copy of definitions/ it reads from, the pinned store, its database."""
-    path = tmp_path_factory.mktemp("api")
-    shutil.copytree(REPO_ROOT / "definitions", path / "definitions")
-    return path
-
-
-def _app_env(workdir: Path) -> dict[str, str]:
-    """What the API and the workflow runs share: definitions, pinned store, database."""
-    env = dict(os.environ)
-    env.update(
-        {
-            "ORCH_DEFINITIONS_DIRECTORY": str(workdir / "definitions"),
-            "ORCH_FLOW_DEFINITIONS_DIR": str(workdir / "pinned"),
-            "ORCH_DB_URL": f"sqlite+aiosqlite:///{workdir / 'orchestration.db'}",
-            "PYTHONPATH": str(REPO_ROOT),
-        }
-    )
-    return env
+    return tmp_path_factory.mktemp("api")
 
 
 @pytest.fixture(scope="module")
 def api(deployment: str, workdir: Path) -> Iterator[str]:
-    port = free_port()
-    env = _app_env(workdir)
-    env.update(
-        {
-            "ORCH_API_API_KEYS": json.dumps([KEY, OTHER_KEY]),
-            "ORCH_API_MAX_BODY_BYTES": str(MAX_BODY),
-            "ORCH_API_DEPLOYMENT": deployment,
-            "ORCH_INGRESS_WORKFLOW": "device-decommission",
-        }
-    )
-    log = (workdir / "api.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "serve-api", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None:
-            raise AssertionError((workdir / "api.log").read_text())
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError("API not healthy in 60s:\n" + (workdir / "api.log").read_text())
-        time.sleep(0.2)
-    yield base
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+    with serve_api(
+        workdir, deployment=deployment, keys=(KEY, OTHER_KEY), max_body_bytes=str(MAX_BODY)
+    ) as process:
+        yield process.base_url
     # Secrets never reach the logs.
     text = (workdir / "api.log").read_text()
     assert KEY not in text and OTHER_KEY not in text
@@ -215,7 +139,7 @@ def test_a_run_executes_the_definition_as_it_was_when_the_api_started_it(
     async def run_it() -> tuple[dict[str, Any], Any]:
         async with get_client() as client:
             created = await client.read_flow_run(run_id)
-            env = _app_env(workdir)
+            env = app_env(workdir)
             env["PREFECT__FLOW_RUN_ID"] = str(run_id)
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "prefect.engine", cwd=REPO_ROOT, env=env

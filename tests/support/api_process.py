@@ -4,7 +4,8 @@ real HTTP (and raw sockets) to it.
 
 ``workflow_deployment()`` creates a deployment of the real workflow flow with no worker (its runs
 stay Scheduled); ``serve_api(workdir, ...)`` starts the API, waits until ``/health`` answers 200
-and stops it on exit.
+and stops it on exit; ``app_env(workdir)`` is the environment the API and a run it started share
+(definitions, pinned store, database), for a test that executes such a run itself.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ import httpx
 
 from tests.support.postgres import free_port
 
-__all__ = ["ApiProcess", "serve_api", "workflow_deployment"]
+__all__ = ["ApiProcess", "app_env", "serve_api", "workflow_deployment"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_SECONDS = 60
@@ -72,6 +73,21 @@ def workflow_deployment(prefix: str = "api") -> str:
     return f"run-workflow/{name}"
 
 
+def app_env(workdir: Path, database_url: str | None = None) -> dict[str, str]:
+    """This process's environment plus what the API and the workflow runs share: the
+    definitions and pinned store under ``workdir``, the database (default: SQLite there)."""
+    variables = dict(os.environ)
+    variables.update(
+        {
+            "ORCH_DEFINITIONS_DIRECTORY": str(workdir / "definitions"),
+            "ORCH_FLOW_DEFINITIONS_DIR": str(workdir / "pinned"),
+            "ORCH_DB_URL": database_url or f"sqlite+aiosqlite:///{workdir / 'orchestration.db'}",
+            "PYTHONPATH": str(REPO_ROOT),
+        }
+    )
+    return variables
+
+
 @contextmanager
 def serve_api(
     workdir: Path,
@@ -80,22 +96,21 @@ def serve_api(
     database_url: str | None = None,
     env: dict[str, str] | None = None,
     ready_statuses: tuple[int, ...] = (200,),
+    keys: Sequence[str] = (),
     **settings: str,
 ) -> Iterator[ApiProcess]:
     """Run the API until the block ends. ``settings`` become ``ORCH_API_<NAME>`` variables,
     ``env`` is added last (e.g. another ``PREFECT_API_URL``); the API is ready when ``/health``
-    answers one of ``ready_statuses`` (503: up, but Prefect is not)."""
+    answers one of ``ready_statuses`` (503: up, but Prefect is not). It accepts ``keys`` (default:
+    one new key); ``ApiProcess.key`` is the first."""
     shutil.copytree(REPO_ROOT / "definitions", workdir / "definitions", dirs_exist_ok=True)
-    key = "test-key-" + uuid.uuid4().hex
+    keys = list(keys) or ["test-key-" + uuid.uuid4().hex]
+    key = keys[0]
     port = free_port()
-    variables = dict(os.environ)
+    variables = app_env(workdir, database_url)
     variables.update(
         {
-            "ORCH_DEFINITIONS_DIRECTORY": str(workdir / "definitions"),
-            "ORCH_FLOW_DEFINITIONS_DIR": str(workdir / "pinned"),
-            "ORCH_DB_URL": database_url or f"sqlite+aiosqlite:///{workdir / 'orchestration.db'}",
-            "PYTHONPATH": str(REPO_ROOT),
-            "ORCH_API_API_KEYS": json.dumps([key]),
+            "ORCH_API_API_KEYS": json.dumps(keys),
             "ORCH_API_DEPLOYMENT": deployment,
             "ORCH_INGRESS_WORKFLOW": "device-decommission",
         }

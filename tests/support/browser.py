@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tests.support.postgres import free_port
+from tests.support.prefect_server import log_tail, stop_process, wait_answering
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -68,20 +65,11 @@ class UiServer:
     log_path: Path
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
         shutil.rmtree(self.home, ignore_errors=True)
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no UI log)"
+        return log_tail(self.log_path, lines)
 
 
 def ui_app() -> Any:
@@ -126,19 +114,18 @@ def start_ui(api_url: str) -> UiServer:
             cwd=Path(__file__).resolve().parents[2],
         )
     server = UiServer(f"http://127.0.0.1:{port}", process, home, log_path)
-    deadline = time.monotonic() + UI_DEADLINE_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the Prefect UI exited early:\n{server.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"{server.url}/ui-settings", timeout=2) as response:
-                if response.status == 200:
-                    return server
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.3)
-    server.stop()
-    raise RuntimeError(f"the Prefect UI not up in {UI_DEADLINE_SECONDS}s:\n{server.log_tail()}")
+    try:
+        wait_answering(
+            process,
+            f"{server.url}/ui-settings",
+            seconds=UI_DEADLINE_SECONDS,
+            what="the Prefect UI",
+            log_path=log_path,
+        )
+    except RuntimeError:
+        server.stop()
+        raise
+    return server
 
 
 async def launch(playwright: Any, profile: Path) -> Any:

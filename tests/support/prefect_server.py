@@ -3,6 +3,10 @@
 Usage: the ``prefect_server`` fixture (conftest) yields a ``PrefectServer``; while it lives, this
 process's Prefect settings point at it (``temporary_settings``) and ``.env`` holds what a subprocess
 (worker, executor, CLI) needs to talk to it.
+
+``wait_answering``, ``stop_process`` and ``log_tail`` serve every server a test starts as a
+subprocess (this one, Prefect's UI in ``tests.support.browser``): wait until a URL answers 200,
+stop it, show the end of its log.
 """
 
 from __future__ import annotations
@@ -32,19 +36,49 @@ class PrefectServer:
     env: dict[str, str] = field(default_factory=dict)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
 
     def log_tail(self, lines: int = 40) -> str:
+        return log_tail(self.log_path, lines)
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL when it has not ended after 30 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no server log)"
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def log_tail(log_path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a server's log."""
+    try:
+        return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no log at {log_path})"
+
+
+def wait_answering(
+    process: subprocess.Popen[bytes], url: str, *, seconds: float, what: str, log_path: Path
+) -> None:
+    """Return once ``url`` answers 200. When ``process`` ends first, or ``seconds`` pass (then it
+    is stopped), raise ``RuntimeError`` naming ``what`` with the end of its log."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited early:\n{log_tail(log_path)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    stop_process(process)
+    raise RuntimeError(f"{what} did not answer {url} in {seconds:g}s:\n{log_tail(log_path)}")
 
 
 def client_env(api_url: str, home: Path) -> dict[str, str]:
@@ -86,19 +120,11 @@ def start_prefect_server(postgres: PostgresServer | None) -> PrefectServer:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    server = PrefectServer(api_url, home, process, log_path, env=client_env(api_url, home))
-    deadline = time.monotonic() + HEALTH_DEADLINE_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"prefect server exited early:\n{server.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return server
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.3)
-    server.stop()
-    raise RuntimeError(
-        f"prefect server not healthy in {HEALTH_DEADLINE_SECONDS}s:\n{server.log_tail()}"
+    wait_answering(
+        process,
+        f"{api_url}/health",
+        seconds=HEALTH_DEADLINE_SECONDS,
+        what="prefect server",
+        log_path=log_path,
     )
+    return PrefectServer(api_url, home, process, log_path, env=client_env(api_url, home))
