@@ -121,7 +121,8 @@ def automations_apply(
         list[str] | None, typer.Option(help="Watched deployment flow/name (repeatable)")
     ] = None,
     heartbeat_seconds: Annotated[
-        int | None, typer.Option(help="PREFECT_FLOWS_HEARTBEAT_FREQUENCY of the workers")
+        int | None,
+        typer.Option(help="Seconds between the runs' heartbeats (default 30; see below)"),
     ] = None,
     definitions: Annotated[
         Path | None, typer.Option(help="Definitions directory (for the longest wait)")

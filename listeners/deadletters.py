@@ -38,7 +38,8 @@ import httpx
 from azure.servicebus import ServiceBusMessage, ServiceBusSubQueue
 from azure.servicebus.exceptions import ServiceBusError
 from prefect import flow, get_run_logger
-from prefect.states import Completed, State
+from prefect.client.schemas.objects import State
+from prefect.states import Completed
 
 from listeners.events import PoisonMessageError, parse_event
 from listeners.pipeline import NOT_STORABLE_REASON, OVERFLOW_REASON
