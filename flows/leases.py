@@ -227,7 +227,7 @@ class Healer:
                 )
             ),
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=self.deployment_ids)),
-            limit=500,
+            limit=200,
         )
         if not runs:
             return 0
