@@ -28,7 +28,14 @@ from tests.support.postgres import PostgresServer
 REPO = Path(__file__).resolve().parents[2]
 
 #: The drills that pass on today's code and take under two minutes each.
-PASSING = ["selfcheck", "duplicates", "listener-routed", "listener-pair"]
+PASSING = [
+    "selfcheck",
+    "duplicates",
+    "listener-routed",
+    "listener-pair",
+    "worker-restart",
+    "worker-survivor",
+]
 
 
 def snapshot(**overrides: Any) -> Snapshot:
