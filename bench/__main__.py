@@ -1,6 +1,8 @@
 """``python -m bench [compare|throughput|suspended|all] [--reps N] [--runs N]``, and
 ``python -m bench ingress [--devices N --events N ...]`` (the ingress load test, bench/ingress.py),
-``python -m bench validate [--repeat N]`` (worst validate time under the limits, bench/validate.py).
+``python -m bench validate [--repeat N]`` (worst validate time under the limits, bench/validate.py),
+``python -m bench load [--devices N --events N --paced N --stock [N]]`` (the load test end to end on
+real processes, bench/load.py).
 
 - compare: the same 10-state workflow as a JSON definition through the interpreter and written by
   hand as a Prefect flow (same activity, same server, same in-process executor), several
@@ -425,6 +427,11 @@ def main() -> None:
         ingress.add_arguments(ingress_parser)
         asyncio.run(ingress.main(ingress_parser.parse_args(sys.argv[2:])))
         return
+    if sys.argv[1:2] == ["load"]:
+        # The end-to-end load test on real processes (bench/load.py).
+        from bench import load
+
+        raise SystemExit(load.run(sys.argv[2:]))
     if sys.argv[1:2] == ["validate"]:
         # Pure: the worst validate time of documents under the limits (bench/validate.py).
         from bench import validate
