@@ -10,7 +10,7 @@ Expressions: inside ``input``/``output``/``compensate.input`` mappings, a string
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -50,7 +50,7 @@ __all__ = [
     "WorkflowDefinition",
 ]
 
-COMPARISON_OPERATORS = (
+ComparisonOperator = Literal[
     "equals",
     "notEquals",
     "greaterThan",
@@ -65,7 +65,8 @@ COMPARISON_OPERATORS = (
     "isPresent",
     "isNull",
     "isType",
-)
+]
+COMPARISON_OPERATORS: tuple[str, ...] = get_args(ComparisonOperator)
 LOGICAL_OPERATORS = ("and", "or", "not")
 TYPE_NAMES = ("string", "number", "integer", "boolean", "null", "array", "object", "timestamp")
 
@@ -177,22 +178,7 @@ class WaitState(_Transition):
 class Comparison(_Model):
     """``{"op": "greaterThan", "variable": "$.state.n", "value": 3}``; or ``valuePath``."""
 
-    op: Literal[
-        "equals",
-        "notEquals",
-        "greaterThan",
-        "greaterThanOrEquals",
-        "lessThan",
-        "lessThanOrEquals",
-        "contains",
-        "startsWith",
-        "endsWith",
-        "matches",
-        "in",
-        "isPresent",
-        "isNull",
-        "isType",
-    ]
+    op: ComparisonOperator
     variable: str
     value: Any = None
     value_path: str | None = None
