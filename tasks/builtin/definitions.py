@@ -158,6 +158,14 @@ class BlobSource:
             return await AzureBlobStorageCredentials.aload(self._settings.azure_block_name)
         return AzureBlobStorageCredentials(account_url=self._settings.azure_account_url)
 
+    def _unavailable(self, exc: Exception) -> ActivityError:
+        """The container cannot be read now (Azure's error, by name only): try again later."""
+        return ActivityError(
+            "Definitions.Unavailable",
+            f"{self.describe()}: {type(exc).__name__}",
+            retryable=True,
+        )
+
     async def read(self, name: str, limit: int) -> bytes | None:
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
@@ -170,11 +178,7 @@ class BlobSource:
         except ResourceNotFoundError:
             return None
         except AzureError as exc:
-            raise ActivityError(
-                "Definitions.Unavailable",
-                f"{self.describe()}: {type(exc).__name__}",
-                retryable=True,
-            ) from exc
+            raise self._unavailable(exc) from exc
 
     async def names(self, prefix: str) -> list[str]:
         from azure.core.exceptions import AzureError
@@ -184,11 +188,7 @@ class BlobSource:
             async with credentials.get_container_client(self._container) as container:
                 return [blob.name async for blob in container.list_blobs(name_starts_with=prefix)]
         except AzureError as exc:
-            raise ActivityError(
-                "Definitions.Unavailable",
-                f"{self.describe()}: {type(exc).__name__}",
-                retryable=True,
-            ) from exc
+            raise self._unavailable(exc) from exc
 
 
 def source_for(settings: DefinitionSettings) -> DefinitionSource:
