@@ -46,14 +46,19 @@ def _shown(text: str) -> str:
     return repr(text if len(text) <= 60 else text[:57] + "...")
 
 
-def parse_duration(text: str) -> timedelta:
-    """An ISO 8601 duration (``PT5M``, ``P1DT2H``, ``P2W``, ``PT0.5S``) as a ``timedelta``."""
+def _check_literal(kind: str, text: object) -> None:
+    """A ``kind`` literal must be a string no longer than ``_MAX_LITERAL_LENGTH``."""
     if not isinstance(text, str):
-        raise ExpressionError(f"a duration must be a string, got {type(text).__name__}")
+        raise ExpressionError(f"a {kind} must be a string, got {type(text).__name__}")
     if len(text) > _MAX_LITERAL_LENGTH:
         raise ExpressionError(
-            f"duration {_shown(text)} is longer than {_MAX_LITERAL_LENGTH} characters", text
+            f"{kind} {_shown(text)} is longer than {_MAX_LITERAL_LENGTH} characters", text
         )
+
+
+def parse_duration(text: str) -> timedelta:
+    """An ISO 8601 duration (``PT5M``, ``P1DT2H``, ``P2W``, ``PT0.5S``) as a ``timedelta``."""
+    _check_literal("duration", text)
     try:
         delay = _delay(text)
     except OverflowError:
@@ -95,12 +100,7 @@ def _delay(text: str) -> timedelta:
 
 def parse_timestamp(text: str) -> datetime:
     """An RFC 3339 timestamp with an offset (``2024-01-01T00:00:00Z``) as an aware ``datetime``."""
-    if not isinstance(text, str):
-        raise ExpressionError(f"a timestamp must be a string, got {type(text).__name__}")
-    if len(text) > _MAX_LITERAL_LENGTH:
-        raise ExpressionError(
-            f"timestamp {_shown(text)} is longer than {_MAX_LITERAL_LENGTH} characters", text
-        )
+    _check_literal("timestamp", text)
     found = _TIMESTAMP.fullmatch(text)
     if found is None:
         raise ExpressionError(
