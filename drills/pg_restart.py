@@ -1,10 +1,12 @@
 """Drill 4 (second half): PostgreSQL restarted under load. The drill runs its own PostgreSQL
 cluster (``initdb``/``pg_ctl`` from the machine's PostgreSQL binaries, trust auth, a free port,
-in the drills' working directory) holding both the application database and the database of a
+in the drills' working directory): ``pg-restart`` holds the application database there (the
+Prefect server stays on the platform's PostgreSQL); ``pg-restart-all`` also the database of a
 Prefect server of its own, so a restart takes both away at once, as a managed server's restart
-does. While device episodes flow through the listener and the worker it restarts the cluster
-(``pg_ctl restart -m fast``), then stops it for ``DOWN_SECONDS`` and starts it again; then the
-system must settle on its own. Without PostgreSQL binaries the drill is skipped, with the reason.
+does when both share it. While device episodes flow through the listener and the worker it
+restarts the cluster (``pg_ctl restart -m fast``), then stops it for ``DOWN_SECONDS`` and starts
+it again; then the system must settle on its own. Without PostgreSQL binaries the drill is
+skipped, with the reason.
 """
 
 from __future__ import annotations
@@ -125,15 +127,9 @@ async def send_load(t: Trial, devices: list[str], name: str) -> None:
         await asyncio.sleep(PACE_SECONDS)
 
 
-@drill(
-    "pg-restart",
-    4,
-    injected=f"a private PostgreSQL (app and Prefect databases) restarted (pg_ctl restart -m fast) "
-    f"and later stopped {DOWN_SECONDS:g} s, under load ({DEVICES} devices)",
-    expected="each event stored once, 1 completed run per device, each side effect once",
-    quick=False,
-)
-async def pg_restart(platform: Platform, row: Row) -> Row:
+async def on_private_cluster(platform: Platform, row: Row, *, prefect_too: bool) -> Row:
+    """Run ``restart_under_load`` with the app database (and with ``prefect_too`` a Prefect
+    server's database) on a private cluster; skipped without PostgreSQL binaries."""
     bindir = postgres_bindir()
     if isinstance(bindir, str):
         return row.skip(bindir)
@@ -141,6 +137,9 @@ async def pg_restart(platform: Platform, row: Row) -> Row:
     try:
         await asyncio.to_thread(cluster.start)
         postgres = PostgresServer(cluster.admin_dsn)
+        if not prefect_too:
+            own = Platform(postgres, platform.prefect, platform.workdir)
+            return await restart_under_load(own, row, cluster)
         try:
             prefect = await asyncio.to_thread(start_prefect_server, postgres)
         except RuntimeError as exc:
@@ -152,6 +151,36 @@ async def pg_restart(platform: Platform, row: Row) -> Row:
             await asyncio.to_thread(prefect.stop)
     finally:
         await asyncio.to_thread(cluster.close)
+
+
+FAULT = (
+    "restarted (pg_ctl restart -m fast), later stopped {down:g} s, under load ({devices} devices)"
+)
+EXPECTED = "each event stored once, 1 completed run per device, each side effect once"
+
+
+@drill(
+    "pg-restart",
+    4,
+    injected="the app database's PostgreSQL (a private cluster) "
+    + FAULT.format(down=DOWN_SECONDS, devices=DEVICES),
+    expected=EXPECTED,
+    quick=False,
+)
+async def pg_restart(platform: Platform, row: Row) -> Row:
+    return await on_private_cluster(platform, row, prefect_too=False)
+
+
+@drill(
+    "pg-restart-all",
+    4,
+    injected="one private PostgreSQL holding the app database and the Prefect server's "
+    + FAULT.format(down=DOWN_SECONDS, devices=DEVICES),
+    expected=EXPECTED,
+    quick=False,
+)
+async def pg_restart_all(platform: Platform, row: Row) -> Row:
+    return await on_private_cluster(platform, row, prefect_too=True)
 
 
 async def restart_under_load(platform: Platform, row: Row, cluster: Cluster) -> Row:

@@ -28,9 +28,10 @@ import asyncio
 import hashlib
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.client.schemas.objects import State
@@ -42,12 +43,17 @@ from interpreter.errors import ActivityError, OrchestrationError
 from interpreter.models import RetryPolicy
 from interpreter.retry import retry_delays, should_retry
 from operations.observability import metrics
+from store.idempotency import IdempotencyStore
 from store.transient import is_transient, retry_transient
+
+if TYPE_CHECKING:
+    from store.runs import DeviceRun
 
 __all__ = [
     "DefinitionPathError",
     "activity_task",
     "cache_key",
+    "claim_device_run",
     "claim_event",
     "finish_device_run",
     "load_definition",
@@ -61,6 +67,8 @@ __all__ = [
 
 TASK_FAILED = "States.TaskFailed"
 TIMEOUT = "States.Timeout"
+#: The idempotency store's "another caller still runs this key" (``tasks.registry``).
+IDEMPOTENCY_PENDING = "States.IdempotencyPending"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -225,15 +233,17 @@ async def _run_activity(
     ctx = resources.activity_context.for_call(
         idempotency_key=idempotency_key, run_id=run_id, device_id=device_id, state=state
     )
+    if ctx.idempotency is not None:
+        ctx = replace(
+            ctx,
+            idempotency=RetriedBookkeeping(ctx.idempotency, resources.journal_after_failure),
+        )
     try:
-        async with asyncio.timeout(timeout_seconds):
-            result = await resources.registry.call(activity, ctx, input)
-    except TimeoutError:
-        error: ActivityError = ActivityError(
-            TIMEOUT, f"{activity} took longer than {timeout_seconds:g}s", retryable=True
+        result = await resources.registry.call(
+            activity, ctx, input, timeout_seconds=timeout_seconds
         )
     except ActivityError as exc:
-        error = exc
+        error: ActivityError = exc
     except OrchestrationError as exc:
         error = ActivityError(_error_name(exc), str(exc), retryable=False)
     except Exception as exc:
@@ -244,7 +254,11 @@ async def _run_activity(
         return succeeded
     metrics().activity_failures.add(1, {"activity": activity, "error": error.error})
     retry_policy = RetryPolicy.model_validate(policy)
-    if should_retry(retry_policy, error.error, error.retryable, attempt):
+    if error.error == IDEMPOTENCY_PENDING or should_retry(
+        retry_policy, error.error, error.retryable, attempt
+    ):
+        # Waiting on another live caller of the same key is never the step's final failure:
+        # nothing is journalled, so a later execution of the run asks the key again.
         raise error  # Prefect waits the policy's delay and runs the next attempt
     failure = {
         "ok": False,
@@ -257,6 +271,68 @@ async def _run_activity(
     # what a replay reads (the driver asks it before calling the task again).
     failed: dict[str, Any] = await once(step_cache_key, "step", _value(failure))
     return Failed(message=failure_message(failed), data=failed)
+
+
+class RetriedBookkeeping(IdempotencyStore):
+    """An activity's idempotency store whose own failures are bookkeeping, not the activity's.
+
+    A transient failure of the store (claiming the key, recording the result, releasing the
+    claim: the database restarting, a connection cut) is tried again with ``retry_transient``,
+    as the journal's are, instead of counting as a failed attempt of the activity (a run whose
+    activity allows 10 attempts 1 s apart failed while PostgreSQL restarted). The activity itself
+    runs at most once per call: after it returned, a retry records the same result; after it
+    raised, a retry only releases the claim and raises the same error. A retry takes over the
+    ``pending`` claim the lost connection left (``after_failure``: the journal's lease-0 store).
+    """
+
+    def __init__(self, first: IdempotencyStore, after_failure: IdempotencyStore) -> None:
+        # No state of its own: every call goes to ``first``, retries to ``after_failure``.
+        self._first = first
+        self._after_failure = after_failure
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._first, name)
+
+    async def get(self, key: str) -> Any:
+        return await self._first.get(key)
+
+    async def run_once(
+        self,
+        key: str,
+        activity: str,
+        fn: Callable[[], Awaitable[Any]],
+        *,
+        input_data: Any = None,
+    ) -> Any:
+        returned: list[Any] = []
+        raised: list[BaseException] = []
+        attempts = 0
+
+        async def fn_once() -> Any:
+            if raised:
+                raise raised[0]
+            if returned:
+                return returned[0]
+            try:
+                value = await fn()
+            except BaseException as exc:
+                raised.append(exc)
+                raise
+            returned.append(value)
+            return value
+
+        async def attempt() -> Any:
+            nonlocal attempts
+            attempts += 1
+            store = self._first if attempts == 1 else self._after_failure
+            return await store.run_once(key, activity, fn_once, input_data=input_data)
+
+        def bookkeeping_failure(exc: BaseException) -> bool:
+            return not any(exc is own for own in raised) and is_transient(exc)
+
+        return await retry_transient(
+            f"idempotency {activity}", attempt, retry_if=bookkeeping_failure
+        )
 
 
 def failure_message(failure: dict[str, Any]) -> str:
@@ -393,6 +469,35 @@ async def finish_device_run(device_id: str, run_id: str) -> bool:
     resources = await get_resources()
     ledger = DeviceRunStore(resources.db)
     return await retry_transient("device run finish", lambda: ledger.finish(device_id, run_id))
+
+
+async def claim_device_run(
+    device_id: str, run_id: str, run_key: str | None, workflow: str
+) -> DeviceRun | None:
+    """Make this run the device's current run in the ledger; the other run if the device has one.
+
+    The router and the API claim the device before they create a run (``run_key`` is the run's
+    idempotency key, so this finds their claim and binds it). A run created another way
+    (``prefect deployment run``, ``orchestration run --device``) claims it here, with its run id
+    as the key: without this a device event started a second run beside it. Idempotent: every
+    replay of the run finds its own claim.
+    """
+    from store.runs import DeviceRunStore
+
+    resources = await get_resources()
+    ledger = DeviceRunStore(resources.db)
+    key = run_key or run_id
+
+    async def claim() -> DeviceRun | None:
+        if await ledger.claim_start(device_id, key, workflow=workflow):
+            await ledger.set_run(device_id, key, run_id)
+            return None
+        current = await ledger.current(device_id)
+        if current is None or current.run_id == run_id or current.run_key == key:
+            return None
+        return current
+
+    return await retry_transient("device run claim", claim)
 
 
 async def resolve_wait(run_id: str, wait_key: str, how: str) -> bool:

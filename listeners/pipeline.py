@@ -11,7 +11,12 @@ The message-source port: a transport (``servicebus``, ``local``) turns what it r
 - recorded and routed (started, resumed, busy or deferred to the outbox) -> ``COMPLETE``;
 - the device holds too many events -> ``DEAD_LETTER`` with a recoverable reason (resubmit later);
 - anything else went wrong (database down, a bug) -> ``ABANDON``: the broker redelivers, and after
-  its maximum delivery count moves the message to the dead-letter queue itself.
+  its maximum delivery count moves the message to the dead-letter queue itself. A transient
+  failure (``store.transient``: the database restarting, a connection cut) is first tried again
+  here, with backoff, for up to ``transient_budget_seconds`` (default 20 s, under the Service
+  Bus loop's stall limit) while the message stays locked: abandoning at once spent one delivery
+  per attempt, and a 10 s PostgreSQL restart used up all ten deliveries of Service Bus's default
+  and dead-lettered the events.
 
 One log line per message: device, message id, event id, action.
 
@@ -33,6 +38,7 @@ from typing import Protocol
 from listeners.events import IncomingEvent, IncomingMessage, PoisonMessageError, parse_event
 from listeners.router import RecordStatus, RouteAction, RouteResult
 from store.errors import EventRefusedError
+from store.transient import retry_transient
 
 __all__ = [
     "CONFLICT_REASON",
@@ -47,6 +53,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("listeners.ingress")
+
+#: How long a batch's transient failures are tried again before its messages are abandoned.
+TRANSIENT_BUDGET_SECONDS = 20.0
 
 #: Dead-letter reason of an event refused because its device holds too many; recoverable.
 OVERFLOW_REASON = "DeviceEventOverflow"
@@ -95,9 +104,11 @@ class Ingress:
         *,
         max_message_bytes: int,
         parse: Callable[[IncomingMessage], IncomingEvent] | None = None,
+        transient_budget_seconds: float = TRANSIENT_BUDGET_SECONDS,
     ) -> None:
         self._router = router
         self._max_bytes = max_message_bytes
+        self._transient_budget = transient_budget_seconds
         # ``parse`` replaces ``parse_event`` (tests reach the store with what it would refuse).
         self._parse = parse or functools.partial(parse_event, max_bytes=max_message_bytes)
 
@@ -142,8 +153,14 @@ class Ingress:
         rest go on without them; when the database did not say which event it refused, each is
         tried alone (nothing of a refused batch was written, so trying again doubles nothing)."""
         while pending:
+            batch = [event for _, event in pending]
             try:
-                results = await self._router.handle_many([event for _, event in pending])
+                # Nothing of a failed batch was committed: trying it again doubles nothing.
+                results = await retry_transient(
+                    "record and route",
+                    functools.partial(self._router.handle_many, batch),
+                    budget_seconds=self._transient_budget,
+                )
             except EventRefusedError as exc:
                 refused = exc.refused or ({0: exc.description} if len(pending) == 1 else {})
                 if not refused:
