@@ -13,11 +13,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import BaseModel
+from sqlalchemy import select
 
 from store.db import Database
 from store.errors import IdempotencyConflictError, IdempotencyPendingError
 from store.idempotency import IdempotencyStore
-from store.tables import IDEMPOTENCY_KEYS
+from store.leases import process_holder
+from store.tables import IDEMPOTENCY_KEYS, PROCESS_LEASES
 
 pytestmark = pytest.mark.integration
 
@@ -182,3 +184,110 @@ async def insert_pending(database: Database, key: str, claimed_at: datetime) -> 
                 claimed_at=claimed_at,
             )
         )
+
+
+async def insert_held(
+    database: Database, key: str, holder: str, expires_in: timedelta | None
+) -> None:
+    """A fresh ``pending`` claim by ``holder``; its process lease ends ``expires_in`` from now
+    (negative: already expired; None: the holder kept no process lease)."""
+    now = datetime.now(UTC)
+    async with database.transaction() as connection:
+        await connection.execute(
+            IDEMPOTENCY_KEYS.insert().values(
+                key=key,
+                activity="records.create",
+                input_hash=None,
+                status="pending",
+                owner="token-of-" + holder,
+                holder=holder,
+                claimed_at=now,
+            )
+        )
+        if expires_in is not None:
+            await connection.execute(
+                PROCESS_LEASES.insert().values(
+                    holder=holder,
+                    host="elsewhere",
+                    pid=4242,
+                    started_at=now - timedelta(minutes=1),
+                    renewed_at=now - timedelta(seconds=30),
+                    expires_at=now + expires_in,
+                )
+            )
+
+
+async def holder_of(database: Database, key: str) -> str | None:
+    async with database.transaction(readonly=True) as connection:
+        holder: str | None = (
+            await connection.execute(
+                select(IDEMPOTENCY_KEYS.c.holder).where(IDEMPOTENCY_KEYS.c.key == key)
+            )
+        ).scalar_one()
+    return holder
+
+
+async def test_a_claim_of_a_dead_process_is_taken_over_at_once(database: Database) -> None:
+    # The default five-minute lease and a far shorter wait: only the dead holder explains it.
+    store = IdempotencyStore(database, wait_timeout=timedelta(milliseconds=300))
+    await insert_held(database, "killed", "host:1:dead", expires_in=-timedelta(seconds=1))
+    calls: list[int] = []
+
+    async def fn() -> str:
+        calls.append(1)
+        return "ran again"
+
+    assert await store.run_once("killed", "records.create", fn) == "ran again"
+    assert calls == [1]
+    entry = await store.get("killed")
+    assert entry is not None and entry.status == "done"
+    assert await holder_of(database, "killed") == process_holder()
+
+
+async def test_a_claim_of_a_live_process_is_waited_on(database: Database) -> None:
+    store = IdempotencyStore(database, wait_timeout=timedelta(milliseconds=300))
+    await insert_held(database, "busy", "host:2:alive", expires_in=timedelta(minutes=1))
+    calls: list[int] = []
+
+    async def fn() -> int:
+        calls.append(1)
+        return 1
+
+    with pytest.raises(IdempotencyPendingError) as pending:
+        await store.run_once("busy", "records.create", fn)
+
+    assert pending.value.retryable
+    assert calls == []
+    assert await holder_of(database, "busy") == "host:2:alive"
+
+
+async def test_a_holder_without_a_process_lease_keeps_the_time_lease(database: Database) -> None:
+    store = IdempotencyStore(database, wait_timeout=timedelta(milliseconds=300))
+    await insert_held(database, "unknown", "host:3:never-renewed", expires_in=None)
+
+    async def fn() -> str:
+        return "ran"
+
+    # Not known to be dead: waited on while its claim is younger than the lease ...
+    with pytest.raises(IdempotencyPendingError):
+        await store.run_once("unknown", "records.create", fn)
+    async with database.transaction() as connection:
+        await connection.execute(
+            IDEMPOTENCY_KEYS.update()
+            .where(IDEMPOTENCY_KEYS.c.key == "unknown")
+            .values(claimed_at=datetime.now(UTC) - timedelta(minutes=6))
+        )
+    # ... and taken over once the claim is older than the lease.
+    assert await store.run_once("unknown", "records.create", fn) == "ran"
+
+
+async def test_a_process_never_takes_its_own_claim_for_dead(database: Database) -> None:
+    # Its own lease may lapse (a stall) while its call still runs: it waits on it like any other.
+    store = IdempotencyStore(database, wait_timeout=timedelta(milliseconds=300))
+    await insert_held(database, "mine", process_holder(), expires_in=-timedelta(seconds=1))
+
+    async def fn() -> int:
+        return 1
+
+    with pytest.raises(IdempotencyPendingError):
+        await store.run_once("mine", "records.create", fn)
