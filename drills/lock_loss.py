@@ -14,6 +14,7 @@ import sys
 from drills.catalog import Trial, drill, trial
 from drills.env import Platform
 from drills.observe import Snapshot
+from drills.prefect_down import all_paused
 from drills.procs import Process
 from drills.report import Row
 
@@ -76,6 +77,8 @@ async def lock_loss(platform: Platform, row: Row) -> Row:
         devices = [t.device(n) for n in range(DEVICES)]
         for n, device in enumerate(devices):
             await send_marked(t, device, "device.hello", slow_mark(n) if n < 4 else None)
+        # The slow ready events are resumes: their runs are suspended first.
+        await all_paused(t, devices[4:])
         for n, device in enumerate(devices):
             slow = 4 <= n < SLOW_EVENTS
             await send_marked(t, device, "device.ready", slow_mark(n) if slow else None)
