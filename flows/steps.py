@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.client.schemas.objects import State
@@ -46,10 +46,14 @@ from operations.observability import metrics
 from store.idempotency import IdempotencyStore
 from store.transient import is_transient, retry_transient
 
+if TYPE_CHECKING:
+    from store.runs import DeviceRun
+
 __all__ = [
     "DefinitionPathError",
     "activity_task",
     "cache_key",
+    "claim_device_run",
     "claim_event",
     "finish_device_run",
     "load_definition",
@@ -63,6 +67,8 @@ __all__ = [
 
 TASK_FAILED = "States.TaskFailed"
 TIMEOUT = "States.Timeout"
+#: The idempotency store's "another caller still runs this key" (``tasks.registry``).
+IDEMPOTENCY_PENDING = "States.IdempotencyPending"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -233,14 +239,11 @@ async def _run_activity(
             idempotency=RetriedBookkeeping(ctx.idempotency, resources.journal_after_failure),
         )
     try:
-        async with asyncio.timeout(timeout_seconds):
-            result = await resources.registry.call(activity, ctx, input)
-    except TimeoutError:
-        error: ActivityError = ActivityError(
-            TIMEOUT, f"{activity} took longer than {timeout_seconds:g}s", retryable=True
+        result = await resources.registry.call(
+            activity, ctx, input, timeout_seconds=timeout_seconds
         )
     except ActivityError as exc:
-        error = exc
+        error: ActivityError = exc
     except OrchestrationError as exc:
         error = ActivityError(_error_name(exc), str(exc), retryable=False)
     except Exception as exc:
@@ -251,7 +254,11 @@ async def _run_activity(
         return succeeded
     metrics().activity_failures.add(1, {"activity": activity, "error": error.error})
     retry_policy = RetryPolicy.model_validate(policy)
-    if should_retry(retry_policy, error.error, error.retryable, attempt):
+    if error.error == IDEMPOTENCY_PENDING or should_retry(
+        retry_policy, error.error, error.retryable, attempt
+    ):
+        # Waiting on another live caller of the same key is never the step's final failure:
+        # nothing is journalled, so a later execution of the run asks the key again.
         raise error  # Prefect waits the policy's delay and runs the next attempt
     failure = {
         "ok": False,
@@ -462,6 +469,35 @@ async def finish_device_run(device_id: str, run_id: str) -> bool:
     resources = await get_resources()
     ledger = DeviceRunStore(resources.db)
     return await retry_transient("device run finish", lambda: ledger.finish(device_id, run_id))
+
+
+async def claim_device_run(
+    device_id: str, run_id: str, run_key: str | None, workflow: str
+) -> DeviceRun | None:
+    """Make this run the device's current run in the ledger; the other run if the device has one.
+
+    The router and the API claim the device before they create a run (``run_key`` is the run's
+    idempotency key, so this finds their claim and binds it). A run created another way
+    (``prefect deployment run``, ``orchestration run --device``) claims it here, with its run id
+    as the key: without this a device event started a second run beside it. Idempotent: every
+    replay of the run finds its own claim.
+    """
+    from store.runs import DeviceRunStore
+
+    resources = await get_resources()
+    ledger = DeviceRunStore(resources.db)
+    key = run_key or run_id
+
+    async def claim() -> DeviceRun | None:
+        if await ledger.claim_start(device_id, key, workflow=workflow):
+            await ledger.set_run(device_id, key, run_id)
+            return None
+        current = await ledger.current(device_id)
+        if current is None or current.run_id == run_id or current.run_key == key:
+            return None
+        return current
+
+    return await retry_transient("device run claim", claim)
 
 
 async def resolve_wait(run_id: str, wait_key: str, how: str) -> bool:

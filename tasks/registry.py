@@ -15,6 +15,7 @@ it for the activity names. The built-ins live in ``tasks.builtin`` and are impor
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import functools
 import importlib
@@ -27,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
 from interpreter.errors import ActivityError
+from interpreter.transitions import TIMEOUT
 
 if TYPE_CHECKING:
     from tasks.context import ActivityContext
@@ -254,13 +256,22 @@ class ActivityRegistry:
     # -- execution ----------------------------------------------------------------------------
 
     async def call(
-        self, name: str, ctx: ActivityContext, raw_input: dict[str, Any]
+        self,
+        name: str,
+        ctx: ActivityContext,
+        raw_input: dict[str, Any],
+        *,
+        timeout_seconds: float | None = None,
     ) -> dict[str, Any]:
         """Validate ``raw_input``, run the activity (once per idempotency key if it changes state).
 
         Returns the output as JSON data (camelCase). Raises ``ActivityError``: an unknown name or
         invalid input is ``States.InvalidInput`` (not retryable); an unexpected exception inside
-        the activity becomes ``States.TaskFailed`` (retryable when the activity is retry-safe).
+        the activity becomes ``States.TaskFailed`` (retryable when the activity is retry-safe);
+        the activity itself running longer than ``timeout_seconds`` is ``States.Timeout``
+        (retryable). The timeout bounds the activity, not the wait for another caller of the same
+        idempotency key (a claim left by a dead process is taken over, a live one's result
+        awaited: neither is this call's own timeout).
         """
         try:
             activity = self.require(name)
@@ -276,7 +287,13 @@ class ActivityRegistry:
             ) from None  # the pydantic error repeats the input values; keep them out of logs
 
         async def run() -> dict[str, Any]:
-            return await _run(activity, ctx, parsed)
+            try:
+                async with asyncio.timeout(timeout_seconds):
+                    return await _run(activity, ctx, parsed)
+            except TimeoutError:
+                raise ActivityError(
+                    TIMEOUT, f"{name} took longer than {timeout_seconds:g}s", retryable=True
+                ) from None
 
         if not activity.changes_state:
             return await run()
