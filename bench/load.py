@@ -107,6 +107,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also N devices (default 10) on a stock Prefect process worker",
     )
     parser.add_argument("--output", choices=["text", "json"], default="text")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="run the executor under cProfile (main thread: its event loop), stats to FILE;"
+        " its top functions by own time go to stderr at the end",
+    )
 
 
 def say(message: str) -> None:
@@ -150,6 +158,16 @@ def pss_mb(pid: int) -> float:
     except (OSError, ValueError):
         pass
     return 0.0
+
+
+def runqueue_wait(pid: int) -> float:
+    """Seconds the process's threads were runnable but waited for a CPU (``schedstat``): how
+    much the machine's other work held this process back."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int(task.read_text().split()[1])
+    return total / 1e9
 
 
 def descendants(pid: int) -> list[int]:
@@ -220,6 +238,8 @@ class Meter:
             if sample is None:
                 continue
             cpu[role] = sample.cpu + sample.children_cpu
+            if role != "bench":
+                cpu[f"{role}-runqueue"] = runqueue_wait(pid)
             rss = sample.rss_mb
             if role == "stock":
                 for child in descendants(pid):
@@ -676,6 +696,17 @@ async def create_stock_deployment(env: dict[str, str], executor_deployment: str)
     return str(deployment_id)
 
 
+def print_profile(path: Path, top: int = 25) -> None:
+    """The executor's hottest functions (own time, then cumulative) on stderr."""
+    import io
+    import pstats
+
+    for order in ("tottime", "cumulative"):
+        out = io.StringIO()
+        pstats.Stats(str(path), stream=out).sort_stats(order).print_stats(top)
+        say(f"executor profile by {order} ({path}):\n{out.getvalue()}")
+
+
 @contextlib.contextmanager
 def environment(**values: str | None) -> Iterator[None]:
     """``os.environ`` with ``values`` set (None: removed) for the block's duration."""
@@ -746,7 +777,16 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
         executor = spawn(
             "executor",
-            [str(BIN / "orchestration"), "worker", "--concurrency", str(args.concurrency)],
+            [
+                *(
+                    [sys.executable, "-m", "cProfile", "-o", str(args.profile), "-m", "cli.main"]
+                    if args.profile
+                    else [str(BIN / "orchestration")]
+                ),
+                "worker",
+                "--concurrency",
+                str(args.concurrency),
+            ],
             env,
             workdir,
         )
@@ -865,6 +905,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for child in reversed(children):
             await asyncio.to_thread(child.stop)
+        if args.profile is not None and args.profile.exists():
+            print_profile(args.profile)
         await asyncio.to_thread(server.stop)
         await asyncio.to_thread(postgres.close)
         if os.environ.get("ORCH_BENCH_KEEP_LOGS") is None:
@@ -902,6 +944,14 @@ def render(results: dict[str, Any]) -> str:
             f" -> {'OK' if data['ok'] else 'MISMATCH'}"
         )
     lines.append(f'server log: "{QUEUE_FULL}" x {results["subscriptionQueueFull"]}')
+    lines.append("waited for a CPU (runnable, not running; s per run) server / executor|stock:")
+    for p in results["phases"]:
+        cpu = p["cpuSecondsPerRun"]
+        worker = "stock" if p["side"] == "stock" else "executor"
+        lines.append(
+            f"  {p['side']} {p['phase']}: {cpu.get('server-runqueue', 0):.3f}"
+            f" / {cpu.get(f'{worker}-runqueue', 0):.3f}"
+        )
     lines.append("top requests per phase:")
     for p in results["phases"]:
         top = ", ".join(f"{k} {v}" for k, v in list(p["topRequests"].items())[:5])
