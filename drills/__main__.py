@@ -21,6 +21,7 @@ from drills import (  # noqa: F401 - importing a drill module registers its dril
     listener_kill,
     listener_pair,
     lock_loss,
+    mixed_workers,
     pg_restart,
     prefect_down,
     versions,
