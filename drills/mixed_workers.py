@@ -8,7 +8,8 @@ from __future__ import annotations
 import httpx
 
 from drills.catalog import SETTLE_DEADLINE, drill, trial
-from drills.env import BIN, REPO, Platform
+from drills.env import BIN, Platform
+from drills.procs import REPO
 from drills.report import Row
 
 DEVICES = 20
