@@ -17,7 +17,9 @@ What the 3.9.1 flow engine assumes about one run per process, and how this modul
    from outside (UI/API) is not observed by a run in flight here, it takes effect at its next
    start. ``install_engine_patches`` does this; it touches private API, so Prefect is pinned.
 2. the engine's process-wide SIGTERM capture is turned off; the executor owns SIGTERM: it stops
-   claiming, lets runs in flight finish for ``drain_seconds``, then cancels the rest.
+   claiming, lets runs in flight finish for ``drain_seconds``, then cancels the rest. The
+   server's default result storage is read once per 30 s, not per run (``GET /admin/storage``
+   through a new synchronous client each time).
 3. cancelling one run cancels its asyncio task only.
 4. heartbeats stay Prefect's setting (off by default).
 5. one ``AsyncClientContext`` is entered around all runs.
@@ -81,7 +83,52 @@ def install_engine_patches() -> None:
     # stalls the loop; the SIGTERM bridge is process-wide and would crash every run on SIGTERM.
     flow_engine.observe_flow_run_suspension = no_observer  # type: ignore[attr-defined]  # private module attribute, pinned version
     flow_engine.capture_sigterm = no_sigterm_capture  # type: ignore[attr-defined]  # private module attribute, pinned version
+    _cache_server_storage_check()
     _patched = True
+
+
+#: How long the server's default result storage (``GET /admin/storage``) is taken as read.
+STORAGE_CHECK_SECONDS = 30.0
+
+
+def _cache_server_storage_check() -> None:
+    """Ask the server for its default result storage once per ``STORAGE_CHECK_SECONDS`` per API,
+    not once per run and task (3.9.1 asks on every result store it builds, through a new
+    synchronous client with a new SSL context each time: a third of the executor's main thread
+    under load, and a request per run on the server)."""
+    import prefect.results as results
+    from prefect.settings import get_current_settings
+
+    read_sync = results._read_server_default_result_storage_block_id
+    read_async = results._aread_server_default_result_storage_block_id
+    seen: dict[str, tuple[float, UUID | None]] = {}
+
+    def fresh() -> tuple[str, UUID | None] | str:
+        api = str(get_current_settings().api.url)
+        hit = seen.get(api)
+        if hit is not None and time.monotonic() - hit[0] < STORAGE_CHECK_SECONDS:
+            return api, hit[1]
+        return api
+
+    def cached_sync() -> UUID | None:
+        found = fresh()
+        if isinstance(found, tuple):
+            return found[1]
+        value = read_sync()
+        seen[found] = (time.monotonic(), value)
+        return value
+
+    async def cached_async() -> UUID | None:
+        found = fresh()
+        if isinstance(found, tuple):
+            return found[1]
+        value = await read_async()
+        seen[found] = (time.monotonic(), value)
+        return value
+
+    # Private API of prefect 3.9.1 (pinned): module functions looked up by name at each call.
+    results._read_server_default_result_storage_block_id = cached_sync  # private, pinned version
+    results._aread_server_default_result_storage_block_id = cached_async  # private, pinned
 
 
 @dataclass
