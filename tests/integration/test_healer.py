@@ -5,12 +5,16 @@ and its heal counted; a final run, a run of a live holder and (within the grace)
 holds are left alone; a run nobody holds past the grace is taken back; a run taken back more than
 ``max_heals`` times is marked Crashed with the reason; a healer whose own renewals have not settled
 takes nothing; a run that reaches a final state between the healer's read and its proposal keeps
-it. Each test deploys a trivial flow of its own and restricts the healer to that deployment, so
-no other test's runs are touched. Nothing executes the runs: the test sets their states.
+it; a healed run claimed again is not taken back before its claimer holds it; a dead holder's run
+is found among more Running runs than one read returns. Strict xfails mark what the healer does
+not do yet (each names why). Each test deploys a trivial flow of its own and restricts the
+healer to that deployment, so no other test's runs are touched. Nothing executes the runs: the
+test sets their states.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
@@ -21,6 +25,7 @@ import pytest
 from prefect import flow, get_client
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun, State, StateType
+from prefect.client.schemas.responses import OrchestrationResult
 from prefect.results import ResultStore
 from prefect.states import Cancelled, Completed, Failed, Pending, Running
 
@@ -172,6 +177,60 @@ async def test_a_run_taken_back_more_than_max_heals_times_is_crashed(
     assert (await store.find_runs([str(run.id)]))[str(run.id)].heals == 3
     # Crashed is final: nothing more to take back.
     assert await healing.tick(client) == 0
+
+
+@pytest.mark.xfail(
+    reason="take_back names the run's holder heal:<healer>, which has no process lease, so"
+    " find_runs reports it dead and the next tick takes the run back again (heal 2) before its"
+    " claimer holds it",
+    strict=True,
+)
+async def test_a_healed_run_claimed_again_is_not_taken_back_before_its_claimer_holds_it(
+    client: PrefectClient, deployment_id: UUID, store: LeaseStore
+) -> None:
+    run = await new_run(client, deployment_id, Running())
+    await store.hold_run(str(run.id), await dead_holder(store))
+    assert await healer(store, deployment_id).tick(client) == 1
+    # A claimer takes the rescheduled run (a Prefect worker: Pending now, and its flow process
+    # holds the run's lease only once it has started; the executor holds it just after).
+    claimed: OrchestrationResult[Any] = await client.set_flow_run_state(run.id, Pending())
+    assert str(claimed.status.value).upper() == "ACCEPT"
+
+    # The next look, with the claimer well within the grace.
+    taken = await healer(store, deployment_id, grace_seconds=3600).tick(client)
+
+    state = await state_of(client, run)
+    assert (taken, state.type) == (0, StateType.PENDING), state.message
+    assert (await store.find_runs([str(run.id)]))[str(run.id)].heals == 1
+
+
+@pytest.mark.xfail(
+    reason="Healer.tick reads at most 200 Running/Pending runs (newest ids first) and never"
+    " pages: a dead holder's run beyond them is never taken back",
+    strict=True,
+)
+async def test_a_dead_holders_run_is_found_among_more_running_runs_than_one_read(
+    client: PrefectClient, deployment_id: UUID, store: LeaseStore
+) -> None:
+    # A fleet at full concurrency: 5 workers x 50 runs each are Running at once.
+    limit = asyncio.Semaphore(20)
+
+    async def running() -> FlowRun:
+        async with limit:
+            return await new_run(client, deployment_id, Running())
+
+    runs = await asyncio.gather(*(running() for _ in range(250)))
+    # The run that sorts last by id (the server's default order is by id, descending).
+    dead_run = min(runs, key=lambda run: run.id)
+    await store.renew_process("host:2:alive", TTL, host="host", pid=2)
+    for run in runs:
+        if run is not dead_run:
+            await store.hold_run(str(run.id), "host:2:alive")
+    await store.hold_run(str(dead_run.id), await dead_holder(store))
+
+    taken = await healer(store, deployment_id).tick(client)
+
+    assert (taken, (await state_of(client, dead_run)).type) == (1, StateType.SCHEDULED)
 
 
 async def test_a_healer_whose_renewals_have_not_settled_takes_nothing(
