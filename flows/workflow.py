@@ -39,6 +39,7 @@ from store.transient import retry_transient
 
 __all__ = [
     "FLOW_NAME",
+    "DeviceBusyError",
     "WorkflowFailedError",
     "add_transition_listener",
     "remove_transition_listener",
@@ -97,6 +98,18 @@ class WorkflowFailedError(OrchestrationError):
         self.compensated = compensated
 
 
+class DeviceBusyError(OrchestrationError):
+    """The run names a device that already has another current run: it does nothing."""
+
+    def __init__(self, device_id: str, other_run: str, workflow: str) -> None:
+        super().__init__(
+            f"device {device_id} already has run {other_run} ({workflow}); a device runs one "
+            "workflow at a time: send that run its events, or end it, then start this one"
+        )
+        self.device_id = device_id
+        self.other_run = other_run
+
+
 class DefinitionChangedError(OrchestrationError):
     """The definition found does not have the hash the run was created for."""
 
@@ -150,6 +163,12 @@ async def _publish_trail(flow: Flow[..., Any], flow_run: FlowRun, state: State[A
         await trail.publish_output(finished.output)
 
 
+async def _release_lease(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """Hook: the run reached its final state; this process holds it no more."""
+    with contextlib.suppress(Exception):
+        await (await leases.keeper()).release(flow_run.id)
+
+
 @flow(
     name=FLOW_NAME,
     persist_result=True,
@@ -157,10 +176,10 @@ async def _publish_trail(flow: Flow[..., Any], flow_run: FlowRun, state: State[A
     # third of the interpreter's overhead over a hand-written flow); ``_check_parameters`` does
     # the same checks directly.
     validate_parameters=False,
-    on_completion=[_publish_trail],
-    on_failure=[_publish_trail],
-    on_crashed=[_publish_trail],
-    on_cancellation=[_publish_trail],
+    on_completion=[_publish_trail, _release_lease],
+    on_failure=[_publish_trail, _release_lease],
+    on_crashed=[_publish_trail, _release_lease],
+    on_cancellation=[_publish_trail, _release_lease],
 )
 async def run_workflow(
     workflow: str,
@@ -183,14 +202,12 @@ async def run_workflow(
     flow_run = context.flow_run
     if executor_managed.get():  # the executor holds the run's lease around the engine
         return await _execute(flow_run, workflow, input, version, device_id, definition_hash)
-    # A Prefect worker's flow process: the run holds its lease itself (``flows.leases``).
+    # A Prefect worker's flow process: the run holds its lease itself (``flows.leases``); the
+    # hooks release it once the run's final state is set (a suspended run keeps it until its
+    # next execution holds it again: Prefect's Paused runs are not looked at by the healer).
     lease = await leases.keeper()
     await retry_transient("holding the run's lease", lambda: lease.hold(flow_run.id))
-    try:
-        return await _execute(flow_run, workflow, input, version, device_id, definition_hash)
-    finally:
-        with contextlib.suppress(Exception):
-            await lease.release(flow_run.id)
+    return await _execute(flow_run, workflow, input, version, device_id, definition_hash)
 
 
 async def _execute(
@@ -210,6 +227,13 @@ async def _execute(
     )
     definition = prepared.definition
     await _name_and_tag(flow_run, definition, device_id)
+    if device_id:
+        # One run per device, however the run was started (the ledger's own claim is idempotent).
+        other = await steps.claim_device_run(
+            device_id, run_id, flow_run.idempotency_key, definition.name
+        )
+        if other is not None:
+            raise DeviceBusyError(device_id, other.run_id or other.run_key, other.workflow)
 
     system = SystemContext(
         run_id=run_id,
@@ -227,6 +251,8 @@ async def _execute(
         settings=resources.settings,
         logger=logger,
         listeners=list(_listeners),
+        # A later execution of the run (resumed, healed) replays the transitions it logged.
+        replaying=flow_run.run_count > 1,
     )
     with log_context(device_id=device_id, flow_run_id=run_id):
         run = engine.start(input or {}, system)
