@@ -35,6 +35,8 @@ PASSING = [
     "listener-pair",
     "worker-restart",
     "worker-survivor",
+    "pg-terminate",
+    "lock-loss",
 ]
 
 
@@ -95,6 +97,13 @@ def test_the_table_and_the_json_carry_every_row_and_the_verdict() -> None:
     assert [d["passed"] for d in document["drills"]] == [True, False]
     assert document["passed"] is False
     assert document["drills"][1]["problems"] == ["1 outbox entries pending"]
+
+
+def test_a_skipped_drill_says_why_and_counts_as_passed() -> None:
+    row = Row("pg-restart", "a restart", "all fine").skip("no PostgreSQL binaries")
+    table = render_table([row])
+    assert "SKIP" in table and "no PostgreSQL binaries" in table and "1/1 drills passed" in table
+    assert json.loads(render_json([row]))["drills"][0]["skipped"] is True
 
 
 def drills_cli(*args: str) -> subprocess.CompletedProcess[str]:
