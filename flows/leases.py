@@ -14,9 +14,12 @@ takes back each one that
 - is held by nobody and has been in that state longer than ``grace_seconds`` (its claimer died
   between the claim and the start, or a Prefect worker left it Pending/Submitting),
 
-by a compare-and-set on the run's lease (of two healers, one wins) and proposing ``Scheduled``
-(not forced: a run that reached a final state meanwhile is left alone). A live executor then
-claims it like any due run. The new execution replays from the top: completed steps come back
+by a compare-and-set on the run's lease (of two healers, one wins; the run is then held by
+``heal:<healer>`` until a claimer holds it, and taken back again only after another grace) and
+proposing ``Scheduled``, unforced, after reading the run again (Prefect accepts an unforced
+``Scheduled`` from Failed, Cancelled and Crashed: a run that ended since the list was read is left
+as it is; what remains is the milliseconds between that read and the proposal). A live executor
+then claims it like any due run. The new execution replays from the top: completed steps come back
 from the journal, the step in flight runs again with the same idempotency key (a claim its dead
 holder left ``pending`` is taken over at once, ``store.idempotency``). A run taken back more than
 ``max_heals`` times (it kills every process that executes it) is marked Crashed instead, with the
@@ -48,11 +51,17 @@ from uuid import UUID
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from store.leases import LeaseStore, process_holder
+from store.leases import LeaseStore, RunLease, process_holder
 
 __all__ = ["Healer", "Keeper", "LeaseSettings", "executor_managed", "keeper"]
 
 logger = logging.getLogger("flows.leases")
+
+#: A taken-back run's holder until a claimer holds it: ``heal:<the healer's holder>``.
+HEALING = "heal:"
+#: Runs read per request (the server's maximum) and at most this many pages per look.
+PAGE = 200
+MAX_PAGES = 50
 
 #: Set in the executor's run tasks: the executor holds and releases the run around the engine.
 executor_managed: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -211,6 +220,54 @@ class Healer:
         """One look; returns how many runs were taken back."""
         if self.keeper.healthy_seconds < self.settings.settle_seconds:
             return 0
+        runs = await self._active_runs(client)
+        if not runs:
+            return 0
+        leases = await self.keeper.store.find_runs(str(run.id) for run in runs)
+        taken = 0
+        for run in runs:
+            run_id = str(run.id)
+            decision = self._judge(run, leases.get(run_id))
+            if decision is None:
+                continue
+            why, expected = decision
+            heals = await self.keeper.store.take_back(run_id, expected, self.taker)
+            if heals is None:
+                continue  # another healer got there first, or its holder came back
+            if await self._reschedule(client, run, why, heals):
+                taken += 1
+        return taken
+
+    @property
+    def taker(self) -> str:
+        """The holder a taken-back run names until a claimer holds it (``HEALING`` prefix)."""
+        return f"{HEALING}{self.keeper.holder}"
+
+    def _judge(self, run: Any, lease: RunLease | None) -> tuple[str, str | None] | None:
+        """``(why, the holder to take it from)`` when ``run`` is to be taken back, else None."""
+        run_id = str(run.id)
+        if run_id in self.keeper.held:
+            return None
+        now = datetime.now(UTC)
+        grace = timedelta(seconds=self.settings.grace_seconds)
+        since = run.state.timestamp if run.state is not None else None
+        state_name = run.state.name if run.state is not None else "?"
+        if lease is not None and not lease.holder.startswith(HEALING):
+            if lease.holder_alive or lease.holder == self.keeper.holder:
+                return None
+            return f"its process {lease.holder} stopped renewing its lease", lease.holder
+        # Held by nobody, or taken back and not held by a claimer yet: after the grace only,
+        # counted from the later of the state's start and the take-back.
+        if lease is not None and (since is None or lease.held_at > since):
+            since = lease.held_at
+        if since is None or since > now - grace:
+            return None
+        why = f"nobody has executed it for {self.settings.grace_seconds:g} s ({state_name})"
+        return why, None if lease is None else lease.holder
+
+    async def _active_runs(self, client: Any) -> list[Any]:
+        """Every Running or Pending run of the deployments, page by page (oldest state first
+        would need a sort Prefect lacks; paging reads them all)."""
         from prefect.client.schemas.filters import (
             DeploymentFilter,
             DeploymentFilterId,
@@ -220,46 +277,22 @@ class Healer:
         )
         from prefect.client.schemas.objects import StateType
 
-        runs = await client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(
-                    type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])
-                )
-            ),
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=self.deployment_ids)),
-            limit=200,
-        )
-        if not runs:
-            return 0
-        leases = await self.keeper.store.find_runs(str(run.id) for run in runs)
-        now = datetime.now(UTC)
-        grace = timedelta(seconds=self.settings.grace_seconds)
-        taken = 0
-        for run in runs:
-            run_id = str(run.id)
-            lease = leases.get(run_id)
-            if lease is not None:
-                if lease.holder_alive or lease.holder in (self.keeper.holder,):
-                    continue
-                if run_id in self.keeper.held:
-                    continue
-                why = f"its process {lease.holder} stopped renewing its lease"
-                expected: str | None = lease.holder
-            else:
-                since = run.state.timestamp if run.state is not None else None
-                if since is None or since > now - grace:
-                    continue
-                state_name = run.state.name if run.state is not None else "?"
-                why = f"nobody has executed it for {self.settings.grace_seconds:g} s ({state_name})"
-                expected = None
-            heals = await self.keeper.store.take_back(
-                run_id, expected, f"heal:{self.keeper.holder}"
+        found: list[Any] = []
+        for page in range(MAX_PAGES):
+            runs = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])
+                    )
+                ),
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=self.deployment_ids)),
+                limit=PAGE,
+                offset=page * PAGE,
             )
-            if heals is None:
-                continue  # another healer got there first, or its holder came back
-            if await self._reschedule(client, run, why, heals):
-                taken += 1
-        return taken
+            found.extend(runs)
+            if len(runs) < PAGE:
+                break
+        return found
 
     async def _reschedule(self, client: Any, run: Any, why: str, heals: int) -> bool:
         from prefect.states import Crashed, Scheduled
@@ -274,12 +307,19 @@ class Healer:
             logger.error("run %s (%s) marked Crashed: %s", run.id, name, message)
             return False
         message = f"taken back by {self.keeper.holder}: {why} (heal {heals})"
+        # Read again right before proposing: Prefect accepts an unforced Scheduled from Failed,
+        # Cancelled and Crashed, so a run that ended since the list was read must not get one.
+        current = await client.read_flow_run(run.id)
+        if current.state is None or current.state.type.value not in ("RUNNING", "PENDING"):
+            await self.keeper.store.release_run(str(run.id), self.taker)
+            return False
         result = await client.set_flow_run_state(
             run.id, Scheduled(scheduled_time=datetime.now(UTC), message=message), force=False
         )
         accepted = getattr(result, "status", None)
         if accepted is not None and str(getattr(accepted, "value", accepted)).upper() != "ACCEPT":
             logger.info("run %s (%s) not taken back: Prefect answered %s", run.id, name, accepted)
+            await self.keeper.store.release_run(str(run.id), self.taker)
             return False
         self.healed += 1
         logger.warning("run %s (%s) rescheduled: %s", run.id, name, message)

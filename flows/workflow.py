@@ -163,6 +163,12 @@ async def _publish_trail(flow: Flow[..., Any], flow_run: FlowRun, state: State[A
         await trail.publish_output(finished.output)
 
 
+async def _release_lease(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """Hook: the run reached its final state; this process holds it no more."""
+    with contextlib.suppress(Exception):
+        await (await leases.keeper()).release(flow_run.id)
+
+
 @flow(
     name=FLOW_NAME,
     persist_result=True,
@@ -170,10 +176,10 @@ async def _publish_trail(flow: Flow[..., Any], flow_run: FlowRun, state: State[A
     # third of the interpreter's overhead over a hand-written flow); ``_check_parameters`` does
     # the same checks directly.
     validate_parameters=False,
-    on_completion=[_publish_trail],
-    on_failure=[_publish_trail],
-    on_crashed=[_publish_trail],
-    on_cancellation=[_publish_trail],
+    on_completion=[_publish_trail, _release_lease],
+    on_failure=[_publish_trail, _release_lease],
+    on_crashed=[_publish_trail, _release_lease],
+    on_cancellation=[_publish_trail, _release_lease],
 )
 async def run_workflow(
     workflow: str,
@@ -196,14 +202,12 @@ async def run_workflow(
     flow_run = context.flow_run
     if executor_managed.get():  # the executor holds the run's lease around the engine
         return await _execute(flow_run, workflow, input, version, device_id, definition_hash)
-    # A Prefect worker's flow process: the run holds its lease itself (``flows.leases``).
+    # A Prefect worker's flow process: the run holds its lease itself (``flows.leases``); the
+    # hooks release it once the run's final state is set (a suspended run keeps it until its
+    # next execution holds it again: Prefect's Paused runs are not looked at by the healer).
     lease = await leases.keeper()
     await retry_transient("holding the run's lease", lambda: lease.hold(flow_run.id))
-    try:
-        return await _execute(flow_run, workflow, input, version, device_id, definition_hash)
-    finally:
-        with contextlib.suppress(Exception):
-            await lease.release(flow_run.id)
+    return await _execute(flow_run, workflow, input, version, device_id, definition_hash)
 
 
 async def _execute(
@@ -247,6 +251,8 @@ async def _execute(
         settings=resources.settings,
         logger=logger,
         listeners=list(_listeners),
+        # A later execution of the run (resumed, healed) replays the transitions it logged.
+        replaying=flow_run.run_count > 1,
     )
     with log_context(device_id=device_id, flow_run_id=run_id):
         run = engine.start(input or {}, system)

@@ -6,10 +6,9 @@ holds are left alone; a run nobody holds past the grace is taken back; a run tak
 ``max_heals`` times is marked Crashed with the reason; a healer whose own renewals have not settled
 takes nothing; a run that reaches a final state between the healer's read and its proposal keeps
 it; a healed run claimed again is not taken back before its claimer holds it; a dead holder's run
-is found among more Running runs than one read returns. Strict xfails mark what the healer does
-not do yet (each names why). Each test deploys a trivial flow of its own and restricts the
-healer to that deployment, so no other test's runs are touched. Nothing executes the runs: the
-test sets their states.
+is found among more Running runs than one read returns. Each test deploys a trivial flow of its
+own and restricts the healer to that deployment, so no other test's runs are touched. Nothing
+executes the runs: the test sets their states.
 """
 
 from __future__ import annotations
@@ -179,12 +178,6 @@ async def test_a_run_taken_back_more_than_max_heals_times_is_crashed(
     assert await healing.tick(client) == 0
 
 
-@pytest.mark.xfail(
-    reason="take_back names the run's holder heal:<healer>, which has no process lease, so"
-    " find_runs reports it dead and the next tick takes the run back again (heal 2) before its"
-    " claimer holds it",
-    strict=True,
-)
 async def test_a_healed_run_claimed_again_is_not_taken_back_before_its_claimer_holds_it(
     client: PrefectClient, deployment_id: UUID, store: LeaseStore
 ) -> None:
@@ -204,11 +197,6 @@ async def test_a_healed_run_claimed_again_is_not_taken_back_before_its_claimer_h
     assert (await store.find_runs([str(run.id)]))[str(run.id)].heals == 1
 
 
-@pytest.mark.xfail(
-    reason="Healer.tick reads at most 200 Running/Pending runs (newest ids first) and never"
-    " pages: a dead holder's run beyond them is never taken back",
-    strict=True,
-)
 async def test_a_dead_holders_run_is_found_among_more_running_runs_than_one_read(
     client: PrefectClient, deployment_id: UUID, store: LeaseStore
 ) -> None:
@@ -292,11 +280,6 @@ async def cancelled() -> State[Any]:
 
 
 ENDED = "ended by its executor"
-PREFECT_LEAVES = (
-    "Prefect accepts an unforced {} -> Scheduled of a deployment run"
-    " (HandleFlowTerminalStateTransitions refuses it only from Completed with a persisted"
-    " result), so the healer's stale proposal wins"
-)
 
 
 @pytest.mark.parametrize(
@@ -306,17 +289,14 @@ PREFECT_LEAVES = (
         pytest.param(
             completed_without_a_result,
             id="completed-unpersisted",
-            marks=pytest.mark.xfail(reason=PREFECT_LEAVES.format("Completed"), strict=True),
         ),
         pytest.param(
             failed,
             id="failed",
-            marks=pytest.mark.xfail(reason=PREFECT_LEAVES.format("Failed"), strict=True),
         ),
         pytest.param(
             cancelled,
             id="cancelled",
-            marks=pytest.mark.xfail(reason=PREFECT_LEAVES.format("Cancelled"), strict=True),
         ),
     ],
 )
