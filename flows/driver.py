@@ -121,17 +121,24 @@ class RunDriver:
         )
 
     _suspended: bool = False
+    #: True while this execution replays what an earlier one of the run did (after a suspend or
+    #: a heal): its transitions were logged to Prefect then, so they are logged locally only.
+    replaying: bool = False
 
     async def drive(
         self, engine: Engine, run: RunState, system: SystemContext
     ) -> tuple[RunState, Finished]:
         """Run the engine to its end; return the last state and the ``Finished`` action."""
+        fresh = [0]
+        steps.fresh_steps.set(fresh)
         self._report(run.trail)
         while True:
             action: Action = engine.next_action(run, system)
             if isinstance(action, Finished):
                 return run, action
             outcome = await self._execute(engine, action, run, system)
+            if fresh[0]:
+                self.replaying = False
             seen = len(run.trail)
             run = engine.apply(run, outcome, system)
             self._report(run.trail[seen:])
@@ -150,6 +157,7 @@ class RunDriver:
                 entry.visit,
                 entry.outcome,
                 extra={
+                    "send_to_api": not self.replaying,
                     "orch_state": entry.state,
                     "orch_path": entry.path,
                     "orch_visit": entry.visit,

@@ -25,6 +25,7 @@ its workflow's own errors; an activity's own errors are the activity's (its retr
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import re
 from collections.abc import Awaitable, Callable
@@ -101,6 +102,19 @@ def _iso(moment: datetime) -> str:
 JOURNAL = "orch."
 
 
+#: Counts the steps executed fresh (not read back from the journal) in this context: the driver
+#: sets a counter, so it knows when a replay has caught up with what an earlier execution did.
+fresh_steps: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "orchestration_fresh_steps", default=None
+)
+
+
+def note_fresh_step() -> None:
+    counter = fresh_steps.get()
+    if counter is not None:
+        counter[0] += 1
+
+
 async def once(key: str, kind: str, step: Callable[[], Awaitable[Any]]) -> Any:
     """``step()``'s result as JSON, journalled under ``key`` by the first call that completes.
 
@@ -120,6 +134,7 @@ async def once(key: str, kind: str, step: Callable[[], Awaitable[Any]]) -> Any:
     async def step_once() -> Any:
         if returned:
             return returned[0]
+        note_fresh_step()
         try:
             value = await step()
         except BaseException as exc:

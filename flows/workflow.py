@@ -252,7 +252,7 @@ async def _execute(
         logger=logger,
         listeners=list(_listeners),
         # A later execution of the run (resumed, healed) replays the transitions it logged.
-        replaying=flow_run.run_count > 1,
+        replaying=flow_run.run_count >= 1,  # as read before this execution began
     )
     with log_context(device_id=device_id, flow_run_id=run_id):
         run = engine.start(input or {}, system)

@@ -298,3 +298,24 @@ def test_trail_rows_keep_long_outcomes_to_one_short_cell() -> None:
     assert len(rows[1]["outcome"]) == MAX_OUTCOME
     assert rows[1]["outcome"].endswith("…")
     assert rows[1]["outcome"].startswith("failed: Http.Status5xx: xxx")
+
+
+@pytest.mark.usefixtures("run_logs_at_info")
+async def test_a_resumed_run_logs_each_transition_to_prefect_once(
+    flow_system: FlowSystem,
+) -> None:
+    """The replay after a resume re-applies the transitions the first execution logged: they go
+    to the local log only, so the run's log in Prefect has each transition once."""
+    device = _tag("dev")
+    run_id = await flow_system.start("step-wait-step.json", {"tag": _tag("once")}, device_id=device)
+    await flow_system.suspended(run_id)
+    await flow_system.send_event(device, "device.go", {"n": 1})
+    await flow_system.result(run_id)
+
+    async def all_transitions() -> list[str]:
+        lines = await _log_lines(run_id)
+        return lines if any(line.startswith("Done [succeed") for line in lines) else []
+
+    lines = await _poll("the final transition's log line", all_transitions)
+    transitions = [line.split(" ", 1)[0] for line in lines if " [" in line and "#" in line]
+    assert sorted(transitions) == ["Done", "First", "Second", "WaitGo"], lines
