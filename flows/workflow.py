@@ -81,7 +81,10 @@ class WorkflowFailedError(OrchestrationError):
         where = f"{state}: " if state else ""
         final = f"{where}{error}: {cause or '(no cause given)'}"
         parts: list[str] = []
-        if origin is not None and (origin[0] != state or compensated):
+        # The first failure, unless the final error already says it: a failure caught into a
+        # compensation or fail state ends with that state's error, which alone hid e.g. the
+        # path of a States.PathNotFound.
+        if origin is not None and (origin[0] != state or compensated or origin[1] != error):
             origin_state, origin_error, origin_cause = origin
             detail = f"{origin_error}: {origin_cause}" if origin_cause else origin_error
             parts.append(f"{origin_state} failed ({detail})")

@@ -302,3 +302,25 @@ def test_the_default_ingress_workflow_runs_on_what_the_router_gives_it() -> None
     definition = load_definition((REPO_ROOT / "definitions" / "device-onboarding.json").read_text())
     result = simulate(definition, Mocks.model_validate(repo_mocks))
     assert result.status == "succeeded", [(e.path, e.outcome) for e in result.trail]
+
+
+def test_a_caught_failure_keeps_its_error_and_cause_in_the_runs_message() -> None:
+    """A step's failure caught into a compensation that had nothing to undo (event-started
+    ``device-onboarding`` before this fix) ended with the compensation's error alone: the
+    ``States.PathNotFound`` and its path were nowhere in the run's message."""
+    from flows.workflow import WorkflowFailedError
+
+    cause = "path '$.input.model' matched nothing in state 'CreateOnboardingRecord'"
+    error = WorkflowFailedError(
+        "CreateOnboardingRecord",
+        "OnboardingFailed",
+        "onboarding did not complete",
+        origin=("CreateOnboardingRecord", "States.PathNotFound", cause),
+    )
+    assert str(error) == (
+        f"CreateOnboardingRecord failed (States.PathNotFound: {cause}); "
+        "ended CreateOnboardingRecord: OnboardingFailed: onboarding did not complete"
+    )
+    # A failure that is its own end says it once.
+    alone = WorkflowFailedError("S", "E", "why", origin=("S", "E", "why"))
+    assert str(alone) == "S: E: why"
