@@ -165,7 +165,6 @@ EXPECTED = "each event stored once, 1 completed run per device, each side effect
     injected="the app database's PostgreSQL (a private cluster) "
     + FAULT.format(down=DOWN_SECONDS, devices=DEVICES),
     expected=EXPECTED,
-    quick=False,
 )
 async def pg_restart(platform: Platform, row: Row) -> Row:
     return await on_private_cluster(platform, row, prefect_too=False)

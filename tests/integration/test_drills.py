@@ -36,6 +36,7 @@ PASSING = [
     "worker-restart",
     "worker-survivor",
     "pg-terminate",
+    "pg-restart",
     "lock-loss",
 ]
 
