@@ -248,7 +248,8 @@ async def test_a_message_failing_every_time_reaches_the_dead_letter_queue(
     await send(broker, message(body(dev, "explode"), dev, "boom"))
     async with ingress_runtime(app_db_url, deployment) as rt:
         exploding = Exploding(rt.router)
-        ingress = Ingress(exploding, max_message_bytes=256 * 1024)
+        # No retry inside the lock: each failure is an abandon (a delivery).
+        ingress = Ingress(exploding, max_message_bytes=256 * 1024, transient_budget_seconds=0)
         listener = ServiceBusListener(sb_settings(broker), ingress)
         async with running(listener):
             (letter,) = await dead_letters(broker, 1)
@@ -273,6 +274,22 @@ class FailsOnce:
         return await self.router.handle_many(events)
 
 
+async def test_a_transient_failure_is_tried_again_with_the_message_locked_not_abandoned(
+    broker: Broker, app_db_url: str, deployment: str
+) -> None:
+    # A database restart must not spend the message's deliveries (ten are gone in seconds).
+    dev = device()
+    await send(broker, message(body(dev, "flaky", event_id="flaky-1"), dev, "flaky-1"))
+    async with ingress_runtime(app_db_url, deployment) as rt:
+        fails_once = FailsOnce(rt.router)
+        ingress = Ingress(fails_once, max_message_bytes=256 * 1024)
+        listener = ServiceBusListener(sb_settings(broker), ingress)
+        async with running(listener):
+            await wait_until(lambda: _true(listener.stats["complete"] == 1), "completion")
+        assert fails_once.failed and listener.stats["abandon"] == 0
+        assert [e.event_id for e in await recorded(rt, dev)] == ["flaky-1"]
+
+
 async def test_an_abandoned_batch_comes_back_in_order_and_poison_beside_it_is_dead_lettered(
     broker: Broker, app_db_url: str, deployment: str
 ) -> None:
@@ -286,7 +303,7 @@ async def test_an_abandoned_batch_comes_back_in_order_and_poison_beside_it_is_de
     await send(broker, *messages)
     async with ingress_runtime(app_db_url, deployment) as rt:
         fails_once = FailsOnce(rt.router)
-        ingress = Ingress(fails_once, max_message_bytes=256 * 1024)
+        ingress = Ingress(fails_once, max_message_bytes=256 * 1024, transient_budget_seconds=0)
         listener = ServiceBusListener(sb_settings(broker), ingress)
         async with running(listener):
             await wait_until(lambda: _true(listener.stats["complete"] == len(ids)), "completions")
