@@ -25,6 +25,7 @@ from pydantic_settings.exceptions import SettingsError
 
 from api.settings import ApiSettings
 from cli.main import app as cli_app
+from flows.leases import LeaseSettings
 from flows.runtime import FlowSettings
 from listeners.settings import IngressSettings, ServiceBusSettings
 from operations.automations import AlertSettings
@@ -53,6 +54,7 @@ PROCESS_SETTINGS: dict[tuple[str, ...], tuple[type[BaseSettings], ...]] = {
         NotifySettings,
         DefinitionSettings,
         IngressSettings,
+        LeaseSettings,
     ),
     ("orchestration", "listen"): (
         ServiceBusSettings,
