@@ -72,6 +72,8 @@ async def lock_loss(platform: Platform, row: Row) -> Row:
             ORCH_DRILL_HOLD_DIR=str(stage.directory / "hold"),
             ORCH_DRILL_SLOW_SECONDS=str(SLOW_SECONDS),
             ORCH_DRILL_LOCK_RENEWAL_SECONDS="0",
+            # Loops to spare while the slow ones sleep: a released session is taken at once.
+            ORCH_SB_MAX_CONCURRENT_SESSIONS="8",
         ).start()
         await listener.wait_for_output("listening on queue", 120)
         devices = [t.device(n) for n in range(DEVICES)]

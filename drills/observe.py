@@ -23,6 +23,7 @@ from azure.servicebus.aio import ServiceBusClient
 
 from drills.env import Stage
 from drills.sink import Hit
+from store.transient import retry_transient
 
 __all__ = ["Expect", "Letter", "Observer", "Snapshot"]
 
@@ -157,8 +158,10 @@ class Observer:
     async def snapshot(self, devices: list[str], *, drain_letters: bool) -> Snapshot:
         if drain_letters:
             await self._drain_letters()
-        stored, pending = await self._database()
-        runs = await self._runs(devices)
+        # "too many clients" on the shared PostgreSQL, a Prefect hiccup: the figures are read
+        # again, the drill does not break on its own observer.
+        stored, pending = await retry_transient("drill observer: database", self._database)
+        runs = await retry_transient("drill observer: runs", lambda: self._runs(devices))
         keys = self.stage.sink.keys_per_device()
         return Snapshot(stored, runs, keys, pending, list(self.letters), self.stage.sink.hits())
 
