@@ -101,7 +101,7 @@ class Team:
                 "ORCH_FLOW_DEFINITIONS_DIR": str(self.directory / "pinned"),
                 "ORCH_HTTP_ALLOWED_HOSTS": '["127.0.0.1"]',
                 "ORCH_HTTP_ALLOW_LOOPBACK": "true",
-                "ORCH_INGRESS_DEPLOYMENT": self.deployment,
+                "ORCH_INGRESS_DEPLOYMENT": f"{FLOW}/{self.deployment}",
                 "ORCH_INGRESS_RECONCILE_INTERVAL": "1",
                 "ORCH_OTEL_EXPORTER": "none",
                 **extra,
