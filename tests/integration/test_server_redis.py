@@ -1,9 +1,11 @@
 """The Prefect server with more than one API process, Redis messaging and PostgreSQL, as
 docs/OPERATIONS.md ("Scaling out") runs it, carries the system's workflows end to end.
 
-What is started (all real processes): ``prefect server database upgrade`` once on a fresh
-PostgreSQL database, ``prefect server start --workers 2`` (two API processes, no services, no
-migration on start), ``prefect server services start`` (the background services in a process of
+What is started (all real processes): ``prefect server database upgrade`` and Prefect's block
+type registration once on a fresh PostgreSQL database (two API processes doing both at their
+start race: on a new database one fails on ``block_type``'s unique slug and the server exits),
+``prefect server start --workers 2`` (two API processes, no services, neither migrating nor
+registering), ``prefect server services start`` (the background services in a process of
 their own), all with the ``prefect_redis`` broker, cache, causal ordering and lease storage on Redis
 database 7 and Docket on database 8 (both flushed first), and two ``orchestration worker``
 executors. Device events through ``orchestration send-event`` start runs that post a side effect,
@@ -61,6 +63,19 @@ MESSAGING_DB = 7
 DOCKET_DB = 8
 DEVICES = 3
 PREFECT = str(Path(sys.executable).with_name("prefect"))
+#: Prefect's block types registered once, before the API processes start (docs/OPERATIONS.md).
+REGISTER_BLOCK_TYPES = """
+import asyncio
+from prefect.server.database import provide_database_interface
+from prefect.server.models.block_registration import run_block_auto_registration
+
+async def main():
+    session = await provide_database_interface().session()
+    async with session:
+        await run_block_auto_registration(session=session)
+
+asyncio.run(main())
+"""
 
 
 def redis_settings(host: str, port: int, messaging_db: int, docket_db: int) -> dict[str, str]:
@@ -83,12 +98,31 @@ class RedisPrefect:
 
     api_url: str
     home: Path
+    database: str
     api: subprocess.Popen[bytes]
     services: subprocess.Popen[bytes]
 
     @property
+    def log_path(self) -> Path:
+        """The API processes' log (both write to it)."""
+        return self.home / "api.log"
+
+    @property
     def client_env(self) -> dict[str, str]:
         return client_env(self.api_url, self.home)
+
+    def api_processes(self) -> int:
+        """The live worker processes uvicorn spawned under ``prefect server start``."""
+        found = 0
+        for entry in Path("/proc").iterdir():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            found += ppid == self.api.pid and b"spawn_main" in cmdline
+        return found
 
     def logs(self) -> str:
         api = log_tail(self.home / "api.log")
@@ -100,7 +134,8 @@ class RedisPrefect:
         stop_process(self.services)
 
 
-def _redis_or_skip() -> None:
+def flush_redis() -> str | None:
+    """Empty the two Redis databases; the reason when Redis does not answer, else None."""
     import redis
 
     for db in (MESSAGING_DB, DOCKET_DB):
@@ -110,11 +145,22 @@ def _redis_or_skip() -> None:
             connection.flushdb()
             connection.close()
         except redis.RedisError as exc:
-            missing_service(f"no Redis at {REDIS_HOST}:{REDIS_PORT} ({exc})")
+            return f"no Redis at {REDIS_HOST}:{REDIS_PORT} ({exc})"
+    return None
 
 
-def start_redis_prefect(postgres: PostgresServer, workers: int = 2) -> RedisPrefect:
+def start_redis_prefect(
+    postgres: PostgresServer,
+    workers: int = 2,
+    *,
+    pool: tuple[int, int] = (3, 5),
+    extra_env: dict[str, str] | None = None,
+) -> RedisPrefect:
+    """Migrate a fresh database, start the services process and ``prefect server start
+    --workers N`` on Redis; return once the API answers. ``pool``: each process's database pool
+    size and overflow; ``extra_env``: more settings for every server process."""
     home = Path(tempfile.mkdtemp(prefix="orch-prefect-redis-"))
+    database = postgres.create_database("prefect_redis")
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -123,28 +169,28 @@ def start_redis_prefect(postgres: PostgresServer, workers: int = 2) -> RedisPref
     env.update(redis_settings(REDIS_HOST, REDIS_PORT, MESSAGING_DB, DOCKET_DB))
     env.update(
         {
-            "PREFECT_API_DATABASE_CONNECTION_URL": postgres.sqlalchemy_url(
-                postgres.create_database("prefect_redis")
-            ),
-            # Two API processes must not migrate at once: the schema is made first, below.
+            "PREFECT_API_DATABASE_CONNECTION_URL": postgres.sqlalchemy_url(database),
+            # Two API processes must not migrate, nor register Prefect's block types, at once
+            # (on a new database one fails on block_type's unique slug and the server exits):
+            # both are done first, below.
             "PREFECT_API_DATABASE_MIGRATE_ON_START": "false",
+            "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
             # Three server processes share PostgreSQL's 100 connections with everyone else.
-            "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "3",
-            "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": "5",
+            "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": str(pool[0]),
+            "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": str(pool[1]),
             "PREFECT_SERVER_UI_ENABLED": "false",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "0.5",
+            **(extra_env or {}),
         }
     )
-    upgraded = subprocess.run(
-        [PREFECT, "server", "database", "upgrade", "-y"],
-        env=env,
-        capture_output=True,
-        timeout=300,
-        check=False,
-    )
-    if upgraded.returncode != 0:
-        raise RuntimeError(f"prefect server database upgrade failed: {upgraded.stderr[-2000:]!r}")
+    for what, argv in (
+        ("prefect server database upgrade", [PREFECT, "server", "database", "upgrade", "-y"]),
+        ("block type registration", [sys.executable, "-c", REGISTER_BLOCK_TYPES]),
+    ):
+        done = subprocess.run(argv, env=env, capture_output=True, timeout=300, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{what} failed: {done.stderr[-2000:]!r}")
 
     def spawn(name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         with (home / f"{name}.log").open("wb") as log:
@@ -168,7 +214,7 @@ def start_redis_prefect(postgres: PostgresServer, workers: int = 2) -> RedisPref
             "--no-ui",
         ],
     )
-    server = RedisPrefect(api_url, home, api, services)
+    server = RedisPrefect(api_url, home, database, api, services)
     try:
         wait_answering(
             api,
@@ -187,7 +233,9 @@ def start_redis_prefect(postgres: PostgresServer, workers: int = 2) -> RedisPref
 
 @pytest.fixture(scope="module")
 def redis_prefect(postgres: PostgresServer) -> Iterator[RedisPrefect]:
-    _redis_or_skip()
+    reason = flush_redis()
+    if reason is not None:
+        missing_service(reason)
     server = start_redis_prefect(postgres)
     try:
         yield server
@@ -274,6 +322,7 @@ async def test_two_api_processes_on_redis_run_workflows_suspended_and_resumed_by
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    assert redis_prefect.api_processes() == 2, redis_prefect.logs()
     team = Team(redis_prefect.client_env, app_db, tmp_path)
     devices = [f"redis-{uuid.uuid4().hex[:6]}-{n}" for n in range(DEVICES)]
     with Sink() as sink, temporary_settings(updates={PREFECT_API_URL: redis_prefect.api_url}):
