@@ -64,18 +64,13 @@ DOCKET_DB = 8
 DEVICES = 3
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 #: Prefect's block types registered once, before the API processes start (docs/OPERATIONS.md).
-REGISTER_BLOCK_TYPES = """
-import asyncio
+REGISTER_BLOCK_TYPES = """import asyncio
 from prefect.server.database import provide_database_interface
 from prefect.server.models.block_registration import run_block_auto_registration
-
-async def main():
-    session = await provide_database_interface().session()
-    async with session:
+async def register():
+    async with await provide_database_interface().session() as session:
         await run_block_auto_registration(session=session)
-
-asyncio.run(main())
-"""
+asyncio.run(register())"""
 
 
 def redis_settings(host: str, port: int, messaging_db: int, docket_db: int) -> dict[str, str]:
