@@ -21,9 +21,11 @@ RSS of each process (server, executor, the PSS sum of the PostgreSQL backends of
 databases), CPU-s per run of the server, the executor, those backends (sampled every second from
 ``/proc/<pid>/stat``) and the whole PostgreSQL cluster (postmaster with its reaped children: other
 work on the machine counts there), the API requests per run (the server's access log) and the
-server events per run (rows of its ``events`` table). At the end: every run Completed, every run's
-output counted all E events, the device events all stored, and how often the server log says
-"Subscription queue is full".
+server events per run (rows of its ``events`` table), and how long the server and the executor
+waited for a CPU (``/proc/<pid>/task/*/schedstat``: the share of the machine's other work). At the
+end: every run Completed, every run's output counted all E events, the device events all stored
+(else exit 1), and how often the server log says "Subscription queue is full". ``--profile FILE``
+runs the executor under cProfile (its main thread, the event loop) and prints its hottest functions.
 
 ``--stock N`` runs the same phases for N more devices whose runs go to a stock Prefect process
 worker (``prefect worker start`` on a process work pool: a Python process per run), so the ratio
