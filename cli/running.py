@@ -119,6 +119,7 @@ def _wait_healthy(api_url: str, process: subprocess.Popen[bytes]) -> None:
 def _settings(api_url: str) -> Any:
     from prefect.settings import (
         PREFECT_API_URL,
+        PREFECT_CLIENT_RETRY_EXTRA_CODES,
         PREFECT_HOME,
         PREFECT_LOCAL_STORAGE_PATH,
         PREFECT_RESULTS_PERSIST_BY_DEFAULT,
@@ -126,6 +127,11 @@ def _settings(api_url: str) -> Any:
     )
 
     updates: dict[Any, Any] = {PREFECT_API_URL: api_url, PREFECT_RESULTS_PERSIST_BY_DEFAULT: True}
+    if "PREFECT_CLIENT_RETRY_EXTRA_CODES" not in os.environ:
+        # A Prefect API whose own database restarts answers 500 for a few seconds: Prefect's
+        # client retries 429/502/503/408 only, so an engine call (set_state) failed and the
+        # run raised out of the engine (drill pg-restart-all). Retried like the others now.
+        updates[PREFECT_CLIENT_RETRY_EXTRA_CODES] = {500, 504}
     if os.environ.get("PREFECT_HOME"):
         home = Path(os.environ["PREFECT_HOME"])
         updates[PREFECT_HOME] = home
