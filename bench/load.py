@@ -951,8 +951,9 @@ def render(results: dict[str, Any]) -> str:
         cpu = p["cpuSecondsPerRun"]
         worker = "stock" if p["side"] == "stock" else "executor"
         lines.append(
-            f"  {p['side']} {p['phase']}: {cpu.get('server-runqueue', 0):.3f}"
-            f" / {cpu.get(f'{worker}-runqueue', 0):.3f}"
+            # Summed over live threads: one that exited takes its wait along (clamped at 0).
+            f"  {p['side']} {p['phase']}: {max(cpu.get('server-runqueue', 0), 0):.3f}"
+            f" / {max(cpu.get(f'{worker}-runqueue', 0), 0):.3f}"
         )
     lines.append("top requests per phase:")
     for p in results["phases"]:
