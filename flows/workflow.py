@@ -166,10 +166,14 @@ async def _publish_trail(flow: Flow[..., Any], flow_run: FlowRun, state: State[A
         await trail.publish_output(finished.output)
 
 
-async def _release_lease(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
-    """Hook: the run reached its final state; this process holds it no more."""
-    with contextlib.suppress(Exception):
-        await (await leases.keeper()).release(flow_run.id)
+async def _ended(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """The hook of every final state (one hook: one line in the run's log): publish the trail,
+    then release the run's lease (this process executes it no more)."""
+    try:
+        await _publish_trail(flow, flow_run, state)
+    finally:
+        with contextlib.suppress(Exception):
+            await (await leases.keeper()).release(flow_run.id)
 
 
 @flow(
@@ -179,10 +183,10 @@ async def _release_lease(flow: Flow[..., Any], flow_run: FlowRun, state: State[A
     # third of the interpreter's overhead over a hand-written flow); ``_check_parameters`` does
     # the same checks directly.
     validate_parameters=False,
-    on_completion=[_publish_trail, _release_lease],
-    on_failure=[_publish_trail, _release_lease],
-    on_crashed=[_publish_trail, _release_lease],
-    on_cancellation=[_publish_trail, _release_lease],
+    on_completion=[_ended],
+    on_failure=[_ended],
+    on_crashed=[_ended],
+    on_cancellation=[_ended],
 )
 async def run_workflow(
     workflow: str,
