@@ -179,13 +179,15 @@ _keepers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Keeper] = weakref
 
 async def keeper() -> Keeper:
     """The keeper of this process on the running event loop (built on first use)."""
-    loop = asyncio.get_running_loop()
-    found = _keepers.get(loop)
-    if found is None:
-        from flows.runtime import get_resources
+    from flows.runtime import get_resources
 
-        resources = await get_resources()
-        found = _keepers.setdefault(loop, Keeper(LeaseStore(resources.db), LeaseSettings()))
+    loop = asyncio.get_running_loop()
+    resources = await get_resources()
+    found = _keepers.get(loop)
+    if found is None or found.store.db is not resources.db:
+        # First use on this loop, or the resources were configured anew (a new database).
+        found = Keeper(LeaseStore(resources.db), LeaseSettings())
+        _keepers[loop] = found
     return found
 
 

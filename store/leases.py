@@ -61,6 +61,10 @@ class LeaseStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    @property
+    def db(self) -> Database:
+        return self._db
+
     async def renew_process(self, holder: str, ttl: timedelta, *, host: str, pid: int) -> datetime:
         """Create or renew ``holder``'s process lease until now + ``ttl``; returns the expiry."""
         now = utc_now()
