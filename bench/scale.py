@@ -17,7 +17,8 @@ Every server process gets the same database pool (``--server-pool``) and every e
 ``ORCH_DB_POOL_SIZE`` 4 (+4): PostgreSQL's 100 connections are shared with the machine's other
 work. Per layout and phase: runs/s, p50/p99 latency, CPU-s per run of all server processes,
 all executors and PostgreSQL, and the seconds per run they waited for a CPU (the machine's other
-work). Progress on stderr; the table, or ``--output json``, on stdout. Exit 1 if a layout's runs
+work); what the runs added to the Prefect and the app database (``pg_database_size``, KB per
+run). Progress on stderr; the table, or ``--output json``, on stdout. Exit 1 if a layout's runs
 did not all complete with every event counted.
 """
 
@@ -163,6 +164,17 @@ def _summary(layout: Layout, phase: dict[str, Any], runs: int) -> dict[str, Any]
     }
 
 
+async def database_sizes(admin_dsn: str, names: list[str]) -> list[int]:
+    """``pg_database_size`` of each database, in bytes."""
+    import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
+
+    connection = await asyncpg.connect(admin_dsn)
+    try:
+        return [int(await connection.fetchval("SELECT pg_database_size($1)", n)) for n in names]
+    finally:
+        await connection.close()
+
+
 async def measure_layout(args: argparse.Namespace, layout: Layout) -> dict[str, Any]:
     """One layout on fresh databases: its phases and its verification."""
     from prefect.settings import (
@@ -234,6 +246,8 @@ async def measure_layout(args: argparse.Namespace, layout: Layout) -> dict[str, 
             for n, child in enumerate(children):
                 meter.pids[f"executor{n + 1}"] = child.process.pid
             pool = DatabaseSettings(url=app_url, pool_size=4, max_overflow=4)
+            databases = [server.database, app_db]
+            sizes_before = await database_sizes(postgres.admin_dsn, databases)
             async with (
                 meter,
                 ServerWatch(server.log_path, postgres.asyncpg_dsn(server.database)) as watch,
@@ -257,12 +271,19 @@ async def measure_layout(args: argparse.Namespace, layout: Layout) -> dict[str, 
                     phases = await run_side(side, Measure(meter, watch), watch)
                     checked = await verify(side, watch, postgres.asyncpg_dsn(app_db))
                 queue_full = watch.queue_full()
+            sizes_after = await database_sizes(postgres.admin_dsn, databases)
         say(f"{layout.label}: verify {checked}")
+        grown = [after - before for before, after in zip(sizes_before, sizes_after, strict=True)]
         return {
             "layout": layout.label,
             "rows": [_summary(layout, p.as_dict(), args.devices) for p in phases],
             "verify": checked,
             "subscriptionQueueFull": queue_full,
+            # What the runs added to each database (after a VACUUM-free run: an upper bound).
+            "kbPerRun": {
+                "prefect": round(grown[0] / 1024 / args.devices, 1),
+                "app": round(grown[1] / 1024 / args.devices, 1),
+            },
             "loadAverage": [round(x, 2) for x in os.getloadavg()],
         }
     finally:
@@ -323,7 +344,8 @@ def render(results: dict[str, Any]) -> str:
         lines.append(
             f"{layout['layout']}: {data['completed']}/{data['runs']} Completed, events stored"
             f" {data['eventsStored']}/{data['eventsExpected']},"
-            f" queue full x {layout['subscriptionQueueFull']}"
+            f" queue full x {layout['subscriptionQueueFull']},"
+            f" KB per run: Prefect {layout['kbPerRun']['prefect']}, app {layout['kbPerRun']['app']}"
             f" -> {'OK' if data['ok'] else 'MISMATCH'}"
         )
     lines.append(f"conditions: {json.dumps(results['conditions'])}")
