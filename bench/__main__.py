@@ -2,7 +2,8 @@
 ``python -m bench ingress [--devices N --events N ...]`` (the ingress load test, bench/ingress.py),
 ``python -m bench validate [--repeat N]`` (worst validate time under the limits, bench/validate.py),
 ``python -m bench load [--devices N --events N --paced N --stock [N]]`` (the load test end to end on
-real processes, bench/load.py).
+real processes, bench/load.py), ``python -m bench scale [--executors 1 2 --api-processes 1 2]``
+(the load test's phases for several executors and Prefect API processes, bench/scale.py).
 
 - compare: the same 10-state workflow as a JSON definition through the interpreter and written by
   hand as a Prefect flow (same activity, same server, same in-process executor), several
@@ -432,6 +433,11 @@ def main() -> None:
         from bench import load
 
         raise SystemExit(load.run(sys.argv[2:]))
+    if sys.argv[1:2] == ["scale"]:
+        # Runs/s for 1 and 2 executors and API processes (bench/scale.py).
+        from bench import scale
+
+        raise SystemExit(scale.run(sys.argv[2:]))
     if sys.argv[1:2] == ["validate"]:
         # Pure: the worst validate time of documents under the limits (bench/validate.py).
         from bench import validate
