@@ -210,11 +210,17 @@ async def run_workflow(
     if executor_managed.get():  # the executor holds the run's lease around the engine
         return await _execute(flow_run, workflow, input, version, device_id, definition_hash)
     # A Prefect worker's flow process: the run holds its lease itself (``flows.leases``); the
-    # hooks release it once the run's final state is set (a suspended run keeps it until its
-    # next execution holds it again: Prefect's Paused runs are not looked at by the healer).
+    # final-state hook releases it once the run's state is set, a suspension right here.
     lease = await leases.keeper()
     await retry_transient("holding the run's lease", lambda: lease.hold(flow_run.id))
-    return await _execute(flow_run, workflow, input, version, device_id, definition_hash)
+    try:
+        return await _execute(flow_run, workflow, input, version, device_id, definition_hash)
+    except Pause:
+        # Suspended (Prefect has the run Paused already): not held by this process any more, so
+        # the claimer of its next execution is not judged by this process's lease.
+        with contextlib.suppress(Exception):
+            await lease.release(flow_run.id)
+        raise
 
 
 async def _execute(
