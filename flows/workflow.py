@@ -168,12 +168,14 @@ async def _publish_trail(flow: Flow[..., Any], flow_run: FlowRun, state: State[A
 
 async def _ended(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
     """The hook of every final state (one hook: one line in the run's log): publish the trail,
-    then release the run's lease (this process executes it no more)."""
+    then release the run's lease (this process executes it no more). The executor releases
+    the runs it holds itself once the engine returns: not twice."""
     try:
         await _publish_trail(flow, flow_run, state)
     finally:
-        with contextlib.suppress(Exception):
-            await (await leases.keeper()).release(flow_run.id)
+        if not executor_managed.get():
+            with contextlib.suppress(Exception):
+                await (await leases.keeper()).release(flow_run.id)
 
 
 @flow(
