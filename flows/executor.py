@@ -3,8 +3,9 @@
 Prefect's stock workers start a Python process per flow run (~1 run/s on two cores). This executor
 polls the server for due runs of its deployments, claims each by proposing ``Pending`` (another
 executor that got there first wins; ``Abort`` or a non-pending answer means "not mine"), and runs
-it as an asyncio task with ``prefect.flow_engine.run_flow`` under one shared API client. Due runs
-are claimed concurrently, each poll's batch at once. It also runs the resumer (``flows.timers``)
+it as an asyncio task with ``prefect.flow_engine.run_flow`` under one shared API client. Each due
+run gets its task at once, which claims it and executes it: claims run concurrently and the next
+poll does not wait for them. It also runs the resumer (``flows.timers``)
 so suspended runs wake up when their timer is due, and the healer (``flows.leases``): it keeps
 this process's lease, holds each run it claims until the engine returns, and takes back the runs
 of executors (or Prefect workers) that died mid-run.
@@ -27,6 +28,9 @@ What the 3.9.1 flow engine assumes about one run per process, and how this modul
 7. ``Pause``, ``Abort``, ``TerminationSignal`` and ``SystemExit`` are caught per run.
 8. the flow is async and every blocking call in it goes to a thread.
 9. one environment for all runs: job variables and pull steps are not applied.
+10. the engine's update of a run's flow version and retry policy at the start of every execution
+    (a ``PATCH`` per execution, resumes included) is sent only when it changes what the poll
+    read: a resumed run already has both.
 """
 
 from __future__ import annotations
@@ -37,15 +41,16 @@ import contextvars
 import logging
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import httpx
 from prefect import Flow
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.objects import FlowRun, State
+from prefect.client.schemas.objects import FlowRun, FlowRunPolicy, State
 from prefect.context import AsyncClientContext
 from prefect.exceptions import Abort, Pause, TerminationSignal
 from prefect.flow_engine import run_flow
@@ -62,6 +67,11 @@ _patched = False
 
 #: How many per-run hold times ``ExecutorStats`` keeps (the most recent ones).
 HELD_SECONDS_KEPT = 1000
+
+#: The run an executor task executes: its id, flow version and policy as the poll read them.
+_as_polled: contextvars.ContextVar[tuple[UUID, str | None, FlowRunPolicy] | None] = (
+    contextvars.ContextVar("executor_as_polled", default=None)
+)
 
 
 def install_engine_patches() -> None:
@@ -131,6 +141,46 @@ def _cache_server_storage_check() -> None:
     results._aread_server_default_result_storage_block_id = cached_async  # private, pinned
 
 
+def _send_only_changes(client: PrefectClient) -> None:
+    """Let ``client`` skip the engine's per-execution ``update_flow_run(flow_version=...,
+    empirical_policy=...)`` when both are what the poll read (item 10 of the docstring)."""
+    update = client.update_flow_run
+
+    async def update_flow_run(
+        flow_run_id: UUID,
+        flow_version: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        name: str | None = None,
+        tags: Iterable[str] | None = None,
+        empirical_policy: FlowRunPolicy | None = None,
+        infrastructure_pid: str | None = None,
+        job_variables: dict[str, Any] | None = None,
+    ) -> httpx.Response:
+        polled = _as_polled.get()
+        others = (parameters, name, tags, infrastructure_pid, job_variables)
+        if (
+            polled is not None
+            and polled[0] == flow_run_id
+            and all(value is None for value in others)
+            and flow_version == polled[1]
+            and empirical_policy == polled[2]
+        ):
+            return httpx.Response(204)  # what the server has already: nothing to send
+        return await update(
+            flow_run_id,
+            flow_version=flow_version,
+            parameters=parameters,
+            name=name,
+            tags=tags,
+            empirical_policy=empirical_policy,
+            infrastructure_pid=infrastructure_pid,
+            job_variables=job_variables,
+        )
+
+    # An attribute of this client only: other clients (and the class) are untouched.
+    client.update_flow_run = update_flow_run  # type: ignore[method-assign]
+
+
 @dataclass
 class ExecutorStats:
     claimed: int = 0
@@ -190,6 +240,7 @@ class Executor:
                 loop.add_signal_handler(sig, self.stop)
         # Runs are spawned from this context: no flow-run context, the shared client below.
         async with AsyncClientContext.get_or_create() as client_context:
+            _send_only_changes(client_context.client)
             self._context = contextvars.copy_context()
             helpers: list[asyncio.Task[None]] = []
             if self.resume_timers:
@@ -239,12 +290,11 @@ class Executor:
                 else:
                     self.stats.polls += 1
                     self._poll_answered()
-                due = [run for run in runs if run.id not in self._in_flight][:free]
-                # Claimed concurrently: one claim's round trip does not wait for another's.
-                claims = await asyncio.gather(*(self._claim(client, run) for run in due))
-                for flow_run, held in zip(due, claims, strict=True):
-                    if held is not None:
-                        self._spawn(flow_run, held)
+                # Each due run is a task at once that claims it, then executes it: claims go
+                # concurrently and the next poll does not wait for the slowest of them (under
+                # load a claim takes seconds; waiting for a batch left slots idle).
+                for flow_run in [run for run in runs if run.id not in self._in_flight][:free]:
+                    self._spawn(client, flow_run)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=self.poll_seconds)
 
@@ -307,13 +357,14 @@ class Executor:
             return False
         return True
 
-    def _spawn(self, flow_run: FlowRun, held: bool) -> None:
+    def _spawn(self, client: PrefectClient, flow_run: FlowRun) -> None:
         flow = self.flows[flow_run.deployment_id] if flow_run.deployment_id else None
         if flow is None:
             return
         context = (self._context or contextvars.copy_context()).copy()
-        context.run(executor_managed.set, held)
-        task = asyncio.create_task(self._execute(flow, flow_run, held), context=context)
+        policy = flow_run.empirical_policy.model_copy(deep=True)  # the engine edits its own
+        context.run(_as_polled.set, (flow_run.id, flow_run.flow_version, policy))
+        task = asyncio.create_task(self._claim_and_execute(client, flow, flow_run), context=context)
         self._in_flight[flow_run.id] = task
         run_id = flow_run.id
 
@@ -322,8 +373,14 @@ class Executor:
 
         task.add_done_callback(forget)
 
-    async def _execute(self, flow: Flow[..., Any], flow_run: FlowRun, held: bool) -> None:
+    async def _claim_and_execute(
+        self, client: PrefectClient, flow: Flow[..., Any], flow_run: FlowRun
+    ) -> None:
         started = time.perf_counter()
+        held = await self._claim(client, flow_run)
+        if held is None:
+            return  # not ours
+        executor_managed.set(held)  # this task's own context
         try:
             await self._execute_one(flow, flow_run)
         finally:

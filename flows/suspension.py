@@ -92,6 +92,13 @@ async def suspend(
     # run, which a workflow's timeoutNext never wants).
     proposed: State[Any] = Suspended(timeout_seconds=None, pause_key=key, message=message)
     keyset = keyset_from_paused_state(proposed)
+    if key in (context.flow_run.empirical_policy.pause_keys or set()):
+        # A replay passing a wait that suspended and was resumed: the server would refuse the
+        # proposal ("already fired": it decides on these keys, which only this execution's own
+        # suspend changes after it read them), so it is not asked, a state proposal fewer per
+        # wait per replay.
+        async with get_client() as client:
+            return await _stored_input(client, flow_run_id, keyset)
     # A Keyset is a dict of three literal keys; the state's field is typed as a plain dict.
     proposed.state_details.run_input_keyset = cast("dict[str, str]", keyset)
     async with get_client() as client:
