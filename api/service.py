@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 
 from api.definitions import DefinitionPinner
 from api.models import EventAccepted, StartWorkflowRequest, TrailStep, WorkflowStatus
-from flows.definitions import RunInputError
+from flows.definitions import RunInputError, run_tags
 from listeners.control import PrefectRunControl, RunNotFoundError
 from operations.observability import log_context, metrics
 
@@ -89,26 +89,25 @@ class WorkflowService:
         Starting an instance id again returns its run as it was created: Prefect keeps the first
         run's parameters, hash included, whatever the definition has become since."""
         try:
-            digest = await self._definitions.pin(
+            pinned = await self._definitions.pin(
                 request.workflow_type, request.version, run_input=request.input
             )
         except RunInputError as exc:
             raise input_refused(exc) from exc
         instance = request.instance_id
         key = f"api:{instance}" if instance else f"api:{uuid.uuid4()}"
-        tags = [f"workflow:{request.workflow_type}", "api"]
+        # The name and tags the flow gives its runs, at creation: the flow need not update them.
+        tags = [*run_tags(pinned.name, request.device_id, pinned.version), "api"]
         if instance:
             tags.append(f"{INSTANCE_TAG}{instance}")
-        if request.device_id:
-            tags.append(f"device:{request.device_id}")
         parameters = {
             "workflow": request.workflow_type,
             "input": request.input,
             "version": request.version,
             "device_id": request.device_id,
-            "definition_hash": digest,
+            "definition_hash": pinned.digest,
         }
-        name = f"{request.workflow_type}-{instance or key[4:12]}"
+        name = f"{pinned.name}/{request.device_id or instance or key[4:12]}"
         if request.device_id:
             run_id = await self._start_device_run(
                 request.device_id, request.workflow_type, key, parameters, name, tags

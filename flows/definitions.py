@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from interpreter.engine import Engine
 from interpreter.errors import ActivityError
@@ -106,6 +106,30 @@ async def pin(definition: WorkflowDefinition, root: Path | None = None) -> str:
     return digest
 
 
+class Pinned(NamedTuple):
+    """A definition pinned for a run: its hash, and the name and version it has (what the run
+    is named and tagged with at creation, so the flow does not rename it)."""
+
+    digest: str
+    name: str
+    version: str
+
+
+def run_name(workflow: str, device_id: str | None, run_id: str) -> str:
+    """``<workflow>/<device>``, or ``<workflow>/<first 8 of the run id>`` without a device."""
+    return f"{workflow}/{device_id or run_id[:8]}"
+
+
+def run_tags(workflow: str, device_id: str | None, version: str | None) -> list[str]:
+    """A run's tags: ``workflow:<name>``, ``device:<id>`` and ``version:<version>``."""
+    tags = [f"workflow:{workflow}"]
+    if device_id:
+        tags.append(f"device:{device_id}")
+    if version:
+        tags.append(f"version:{version}")
+    return tags
+
+
 class UnknownWorkflowError(Exception):
     """No such workflow (or version) in the definitions source, or it does not parse: starting
     it again will not help."""
@@ -148,8 +172,9 @@ class DefinitionPinner:
 
     async def pin(
         self, workflow: str, version: str | None, *, run_input: dict[str, Any] | None = None
-    ) -> str:
-        """The hash of ``workflow`` (at ``version``) as it is now, pinned for the run.
+    ) -> Pinned:
+        """``workflow`` (at ``version``) as it is now, pinned for the run: its hash, name and
+        version.
 
         With ``run_input``, the input is checked against the definition's input schema first
         (``RunInputError``, nothing pinned)."""
@@ -165,7 +190,8 @@ class DefinitionPinner:
             problems = check_run_input(definition, run_input)
             if problems:
                 raise RunInputError(workflow, problems)
-        return await pin(definition, self._root)
+        digest = await pin(definition, self._root)
+        return Pinned(digest, definition.name, definition.version)
 
 
 def _read(path: Path) -> str | None:

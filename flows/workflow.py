@@ -26,6 +26,7 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import Pause
 
 from flows import definitions, leases, steps, trail
+from flows.definitions import run_name, run_tags
 from flows.driver import RunDriver, TransitionListener
 from flows.leases import executor_managed
 from flows.logfilter import install_suspend_log_filter
@@ -125,20 +126,6 @@ def add_transition_listener(listener: TransitionListener) -> None:
 def remove_transition_listener(listener: TransitionListener) -> None:
     if listener in _listeners:
         _listeners.remove(listener)
-
-
-def run_name(workflow: str, device_id: str | None, run_id: str) -> str:
-    """``<workflow>/<device>``, or ``<workflow>/<first 8 of the run id>`` without a device."""
-    return f"{workflow}/{device_id or run_id[:8]}"
-
-
-def run_tags(workflow: str, device_id: str | None, version: str | None) -> list[str]:
-    tags = [f"workflow:{workflow}"]
-    if device_id:
-        tags.append(f"device:{device_id}")
-    if version:
-        tags.append(f"version:{version}")
-    return tags
 
 
 async def _publish_trail(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:

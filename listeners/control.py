@@ -25,6 +25,7 @@ from operations.prefect_call import call_prefect
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.objects import FlowRun
 
 __all__ = [
     "ControlError",
@@ -35,6 +36,7 @@ __all__ = [
     "RunControl",
     "RunNotFoundError",
     "RunStatus",
+    "create_run",
 ]
 
 T = TypeVar("T")
@@ -44,6 +46,41 @@ SCHEMA_NOT_SAVED = "Run input schema not found."
 
 #: Prefect state types after which a run never runs again.
 TERMINAL_STATE_TYPES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
+
+
+async def create_run(
+    client: PrefectClient,
+    deployment_id: UUID,
+    *,
+    parameters: dict[str, Any],
+    idempotency_key: str,
+    name: str,
+    tags: list[str],
+) -> FlowRun:
+    """``client.create_flow_run_from_deployment`` without the server's check of the parameters
+    against the deployment's schema, for creators whose parameters are built by code: the run
+    checks them itself (``flows.workflow``), and the server's check meta-validates the schema
+    first, every time (jsonschema's ``check_schema``: ~45% of the server's work per created
+    run). Runs created in the UI or by ``prefect deployment run`` are still checked."""
+    from prefect.client.schemas.actions import DeploymentFlowRunCreate
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.states import Scheduled, to_state_create
+
+    body = DeploymentFlowRunCreate(
+        parameters=parameters,
+        enforce_parameter_schema=False,
+        state=to_state_create(Scheduled()),
+        tags=tags,
+        name=name,
+        idempotency_key=idempotency_key,
+    )
+    response = await client.request(
+        "POST",
+        "/deployments/{id}/create_flow_run",
+        path_params={"id": deployment_id},
+        json=body.model_dump(mode="json", exclude_unset=True),
+    )
+    return FlowRun.model_validate(response.json())
 
 
 class ControlError(Exception):
@@ -195,7 +232,8 @@ class PrefectRunControl:
     ) -> str:
         deployment_id = await self.deployment_id()
         run = await self._call(
-            self.client.create_flow_run_from_deployment(
+            create_run(
+                self.client,
                 deployment_id,
                 parameters=parameters,
                 idempotency_key=idempotency_key,

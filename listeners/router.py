@@ -34,7 +34,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from listeners.control import (
     ControlError,
@@ -45,6 +45,9 @@ from listeners.control import (
 )
 from listeners.events import IncomingEvent
 from store.runs import DeviceRun, OutboxEntry, RunSnapshot
+
+if TYPE_CHECKING:
+    from flows.definitions import Pinned
 
 __all__ = [
     "DefinitionPin",
@@ -173,7 +176,7 @@ class DefinitionPin(Protocol):
 
     async def pin(
         self, workflow: str, version: str | None, *, run_input: dict[str, Any] | None = None
-    ) -> str: ...
+    ) -> Pinned: ...
 
 
 def _started_something(result: RouteResult) -> bool:
@@ -327,28 +330,36 @@ class Router:
 
     # -- start -------------------------------------------------------------------------------
 
-    def start_request(
-        self, event: IncomingEvent, definition_hash: str | None = None
-    ) -> dict[str, Any]:
-        """Everything needed to create the run, as stored in the outbox (JSON)."""
-        short = event.event_id[:12]
+    def start_request(self, event: IncomingEvent, pinned: Pinned | None = None) -> dict[str, Any]:
+        """Everything needed to create the run, as stored in the outbox (JSON).
+
+        With the pinned definition, the run gets the name and tags its flow gives runs
+        (``<workflow>/<device>``, ``workflow:``, ``device:``, ``version:``) at creation, so the
+        flow need not rename it (an update per start on the server)."""
+        from flows.definitions import run_name, run_tags
+
         parameters: dict[str, Any] = {
             "workflow": self.workflow,
             "input": {"event": event.as_input()},
             "version": self.workflow_version,
             "device_id": event.device_id,
         }
-        if definition_hash is not None:
-            parameters["definition_hash"] = definition_hash
+        if pinned is None:
+            name = f"{self.workflow}-{event.device_id}-{event.event_id[:12]}"
+            tags = [f"device:{event.device_id}", f"workflow:{self.workflow}"]
+        else:
+            parameters["definition_hash"] = pinned.digest
+            name = run_name(pinned.name, event.device_id, event.event_id)
+            tags = run_tags(pinned.name, event.device_id, pinned.version)
         return {
             "parameters": parameters,
-            "name": f"{self.workflow}-{event.device_id}-{short}",
-            "tags": [f"device:{event.device_id}", f"workflow:{self.workflow}", "ingress"],
+            "name": name,
+            "tags": [*tags, "ingress"],
             "runKey": run_key_for(event),
         }
 
-    async def _pin(self, event: IncomingEvent) -> str | None:
-        """The pinned definition's hash (None without ``definitions``), the event's run input
+    async def _pin(self, event: IncomingEvent) -> Pinned | None:
+        """The pinned definition (None without ``definitions``), the event's run input
         checked against its input schema; raises ``UnknownWorkflowError``, ``RunInputError`` or
         ``DefinitionsUnavailableError``."""
         if self._definitions is None:
@@ -365,7 +376,7 @@ class Router:
         try:
             # DefinitionsUnavailableError propagates: the transport redelivers the event later
             # (it is recorded already; nothing was claimed, so nothing is half done).
-            digest = await self._pin(event)
+            pinned = await self._pin(event)
         except RunInputError as exc:
             log.error(
                 "device=%s event=%s workflow=%s: no run started, the event breaks the "
@@ -386,7 +397,7 @@ class Router:
                 exc,
             )
             return self._result(event, recorded, RouteAction.REJECTED, detail=str(exc))
-        request = self.start_request(event, digest)
+        request = self.start_request(event, pinned)
         claimed = await self._ledger.claim_start(
             event.device_id,
             run_key,

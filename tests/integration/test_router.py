@@ -336,6 +336,73 @@ async def test_a_run_started_by_an_event_keeps_its_definition_when_the_file_chan
     assert pinned.model_dump(mode="json")["states"]["Done"]["output"] == {"edition": "one"}
 
 
+async def test_a_run_started_by_an_event_has_its_final_name_and_tags_at_creation(
+    app_db_url: str, idle_deployment: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The router names and tags the run as the workflow flow does (``<workflow>/<device>``,
+    ``workflow:``, ``device:``, ``version:``): the flow sends no update when it starts."""
+    import httpx
+
+    from flows.definitions import DefinitionPinner
+    from flows.workflow import _name_and_tag
+    from interpreter.loader import load_definition
+    from tasks.builtin.definitions import DirectorySource
+
+    (tmp_path / "defs").mkdir()
+    (tmp_path / "defs" / "probe.json").write_text(_probe_definition("one"))
+    pinner = DefinitionPinner(DirectorySource(tmp_path / "defs"), tmp_path / "pinned")
+    dev = device()
+    async with runtime(app_db_url, idle_deployment, definitions=pinner) as rt:
+        outcome = await rt.local.send(dev, "hello", event_id="e1")
+        assert outcome.result is not None and outcome.result.action is RouteAction.STARTED
+    (run,) = await device_runs(dev)
+    assert run.name == f"probe/{dev}"
+    assert {"workflow:probe", f"device:{dev}", "version:1", "ingress"} <= set(run.tags)
+
+    sent: list[str] = []
+    send = httpx.AsyncClient.send
+
+    async def counted(self: httpx.AsyncClient, request: httpx.Request, **kwargs: Any) -> Any:
+        sent.append(f"{request.method} {request.url.path}")
+        return await send(self, request, **kwargs)
+
+    monkeypatch.setattr(httpx.AsyncClient, "send", counted)
+    await _name_and_tag(run, load_definition(_probe_definition("one")), dev)
+    assert sent == []
+
+
+async def test_runs_the_router_creates_skip_the_servers_parameter_check_others_keep_it(
+    idle_deployment: str,
+) -> None:
+    """The router's runs are created without the server's check of their parameters against
+    the deployment's schema (the run checks them itself; the server's check costs a JSON-schema
+    meta-validation per run); a run created with Prefect's own client is still checked."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    from listeners.control import create_run
+
+    parameters = {"workflow": "probe", "input": "not an object"}
+    async with get_client() as client:
+        deployment = await client.read_deployment_by_name(idle_deployment)
+        assert deployment.enforce_parameter_schema
+        with pytest.raises(PrefectHTTPStatusError) as refused:
+            await client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
+        assert refused.value.response.status_code == 422
+        run = await create_run(
+            client,
+            deployment.id,
+            parameters=parameters,
+            idempotency_key=f"unchecked-{uuid.uuid4().hex}",
+            name="probe/unchecked",
+            tags=["unchecked"],
+        )
+        created = await client.read_flow_run(run.id)
+    assert created.parameters == parameters
+    assert created.name == "probe/unchecked"
+    assert created.state is not None and created.state.is_scheduled()
+
+
 async def test_a_start_request_in_the_outbox_carries_the_pinned_hash(
     app_db_url: str, idle_deployment: str, tmp_path: Path
 ) -> None:
