@@ -310,6 +310,18 @@ class ServerWatch:
             found[f"{match.group(1)} {path}"] += 1
         return found
 
+    async def tallies(self) -> Counter[str]:
+        """Server events by name and flow-run states by name so far (``event <name>``,
+        ``state <name>``): what one phase added is the difference of two tallies."""
+        found: Counter[str] = Counter()
+        for row in await self._connection.fetch("SELECT event, count(*) FROM events GROUP BY 1"):
+            found[f"event {row[0]}"] = int(row[1])
+        for row in await self._connection.fetch(
+            "SELECT name, count(*) FROM flow_run_state GROUP BY 1"
+        ):
+            found[f"state {row[0]}"] = int(row[1])
+        return found
+
     def queue_full(self) -> int:
         return self.log_path.read_text(errors="replace").count(QUEUE_FULL)
 
@@ -364,6 +376,8 @@ class Phase:
     peak_mb: dict[str, float] = field(default_factory=dict)
     requests: Counter[str] = field(default_factory=Counter)
     server_events: int = 0
+    #: Server events and flow-run states by name added during the phase (``ServerWatch.tallies``).
+    tallies: Counter[str] = field(default_factory=Counter)
     runs: int = 0  # runs the per-run figures divide by
 
     def as_dict(self) -> dict[str, Any]:
@@ -386,6 +400,9 @@ class Phase:
             "topRequests": dict(self.requests.most_common(8)),
             "serverEvents": self.server_events,
             "serverEventsPerRun": round(self.server_events / per, 1),
+            "serverTalliesPerRun": {
+                name: round(count / per, 2) for name, count in self.tallies.most_common(16)
+            },
         }
 
 
@@ -403,6 +420,7 @@ class Measure:
     @contextlib.asynccontextmanager
     async def phase(self, phase: Phase) -> AsyncIterator[Phase]:
         events_before = await self.watch.events(settle=5.0)
+        tallies_before = await self.watch.tallies()
         offset = self.watch.log_offset()
         cpu_before = await self.meter.sample()
         self.meter.reset_peaks()
@@ -418,6 +436,7 @@ class Measure:
         }
         phase.peak_mb = dict(self.meter.peak)
         phase.server_events = await self.watch.events() - events_before
+        phase.tallies = await self.watch.tallies() - tallies_before
         phase.requests = self.watch.requests_since(offset)
         say(
             f"{phase.side}: {phase.name}: done in {phase.wall:.1f} s"
@@ -959,6 +978,10 @@ def render(results: dict[str, Any]) -> str:
     for p in results["phases"]:
         top = ", ".join(f"{k} {v}" for k, v in list(p["topRequests"].items())[:5])
         lines.append(f"  {p['side']} {p['phase']}: {top}")
+    lines.append("server events and flow-run states per run, by name:")
+    for p in results["phases"]:
+        tallies = ", ".join(f"{k} {v}" for k, v in p["serverTalliesPerRun"].items())
+        lines.append(f"  {p['side']} {p['phase']}: {tallies}")
     lines.append(f"conditions: {json.dumps(results['conditions'])}")
     return "\n".join(lines)
 
