@@ -127,32 +127,56 @@ async def once(key: str, kind: str, step: Callable[[], Awaitable[Any]]) -> Any:
     (``Resources.journal_after_failure``). What ``step`` itself raises is not retried here.
     """
     resources = await get_resources()
+
+    async def step_once() -> Any:
+        note_fresh_step()
+        return await step()
+
+    def journalled(attempt: int, call: Callable[[], Awaitable[Any]]) -> Awaitable[Any]:
+        journal = resources.journal if attempt == 1 else resources.journal_after_failure
+        return journal.run_once(key, f"{JOURNAL}{kind}", call)
+
+    return await _once_across_retries(f"journal {kind}", step_once, journalled, rerun=True)
+
+
+async def _once_across_retries(
+    label: str,
+    fn: Callable[[], Awaitable[Any]],
+    attempt: Callable[[int, Callable[[], Awaitable[Any]]], Awaitable[Any]],
+    *,
+    rerun: bool,
+) -> Any:
+    """``attempt(n, call)`` (n = 1, 2, ...) retried on a transient failure of its own, where
+    ``call`` runs ``fn`` at most once across the retries: after ``fn`` returned, a retry gets the
+    same value; after it raised, a retry runs it again (``rerun``) or raises the same error.
+    What ``fn`` raises is never retried here. The journal (``once``) and an activity's
+    idempotency store (``RetriedBookkeeping``) run their steps through it."""
     returned: list[Any] = []
     raised: list[BaseException] = []
     attempts = 0
 
-    async def step_once() -> Any:
+    async def call() -> Any:
+        if raised and not rerun:
+            raise raised[0]
         if returned:
             return returned[0]
-        note_fresh_step()
         try:
-            value = await step()
+            value = await fn()
         except BaseException as exc:
             raised.append(exc)
             raise
         returned.append(value)
         return value
 
-    async def journalled() -> Any:
+    async def attempted() -> Any:
         nonlocal attempts
         attempts += 1
-        journal = resources.journal if attempts == 1 else resources.journal_after_failure
-        return await journal.run_once(key, f"{JOURNAL}{kind}", step_once)
+        return await attempt(attempts, call)
 
-    def journal_failure(exc: BaseException) -> bool:
+    def own_failure(exc: BaseException) -> bool:
         return not any(exc is own for own in raised) and is_transient(exc)
 
-    return await retry_transient(f"journal {kind}", journalled, retry_if=journal_failure)
+    return await retry_transient(label, attempted, retry_if=own_failure)
 
 
 async def recorded(key: str) -> tuple[bool, Any]:
@@ -319,35 +343,11 @@ class RetriedBookkeeping(IdempotencyStore):
         *,
         input_data: Any = None,
     ) -> Any:
-        returned: list[Any] = []
-        raised: list[BaseException] = []
-        attempts = 0
+        def attempt(number: int, call: Callable[[], Awaitable[Any]]) -> Awaitable[Any]:
+            store = self._first if number == 1 else self._after_failure
+            return store.run_once(key, activity, call, input_data=input_data)
 
-        async def fn_once() -> Any:
-            if raised:
-                raise raised[0]
-            if returned:
-                return returned[0]
-            try:
-                value = await fn()
-            except BaseException as exc:
-                raised.append(exc)
-                raise
-            returned.append(value)
-            return value
-
-        async def attempt() -> Any:
-            nonlocal attempts
-            attempts += 1
-            store = self._first if attempts == 1 else self._after_failure
-            return await store.run_once(key, activity, fn_once, input_data=input_data)
-
-        def bookkeeping_failure(exc: BaseException) -> bool:
-            return not any(exc is own for own in raised) and is_transient(exc)
-
-        return await retry_transient(
-            f"idempotency {activity}", attempt, retry_if=bookkeeping_failure
-        )
+        return await _once_across_retries(f"idempotency {activity}", fn, attempt, rerun=False)
 
 
 def failure_message(failure: dict[str, Any]) -> str:
