@@ -320,6 +320,12 @@ class ServerWatch:
             "SELECT name, count(*) FROM flow_run_state GROUP BY 1"
         ):
             found[f"state {row[0]}"] = int(row[1])
+        # Connections opened to the server's database (PostgreSQL 14+): a pool too small for the
+        # load opens and closes one per request that finds it busy.
+        sessions = await self._connection.fetchval(
+            "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+        )
+        found["database sessions opened"] = int(sessions or 0)
         return found
 
     def queue_full(self) -> int:
@@ -769,6 +775,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="orch-bench-load-"))
     children: list[Child] = []
     # The server logs every request (uvicorn's access log at INFO): the API requests per run.
+    # Its database pool is Prefect's default unless the caller sets
+    # PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE / _MAX_OVERFLOW (docs/OPERATIONS.md 1.4).
     with environment(
         PREFECT_SERVER_LOGGING_LEVEL="INFO", PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL=None
     ):
