@@ -28,6 +28,7 @@ or resume that cannot reach Prefect stays in the outbox (``deferred``), and the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -398,24 +399,31 @@ class Router:
             )
             return self._result(event, recorded, RouteAction.REJECTED, detail=str(exc))
         request = self.start_request(event, pinned)
-        claimed = await self._ledger.claim_start(
-            event.device_id,
-            run_key,
-            workflow=self.workflow,
-            started_by_event=event.event_id,
-            request=request,
-        )
-        if not claimed:
-            winner = await self._ledger.current(event.device_id)
-            if winner is None or winner.run_key != run_key:
-                # Another event (another router) started the device's run first.
-                run_id = winner.run_id if winner else None
-                return self._result(event, recorded, RouteAction.BUSY, run_id, "lost the start")
-            if winner.run_id is not None:
-                return self._result(event, recorded, RouteAction.STARTED, winner.run_id, "already")
-            # Our own claim from before: create with the request stored then (the same pin).
-            request = await self._claimed_request(event) or request
-        return await self._create(event, recorded, run_key, request)
+        # The call slot first, then the claim: the claim's outbox entry falls due START_GRACE
+        # after it, and a start queued here behind a burst of others must not look abandoned to
+        # a reconciler, which would create it a second time (idempotent, but a create per run
+        # more on the server, when it is busiest).
+        async with self._calls:
+            claimed = await self._ledger.claim_start(
+                event.device_id,
+                run_key,
+                workflow=self.workflow,
+                started_by_event=event.event_id,
+                request=request,
+            )
+            if not claimed:
+                winner = await self._ledger.current(event.device_id)
+                if winner is None or winner.run_key != run_key:
+                    # Another event (another router) started the device's run first.
+                    run_id = winner.run_id if winner else None
+                    detail = "lost the start"
+                    return self._result(event, recorded, RouteAction.BUSY, run_id, detail)
+                if winner.run_id is not None:
+                    run_id, detail = winner.run_id, "already"
+                    return self._result(event, recorded, RouteAction.STARTED, run_id, detail)
+                # Our own claim from before: create with the request stored then (the same pin).
+                request = await self._claimed_request(event) or request
+            return await self._create(event, recorded, run_key, request, holding_slot=True)
 
     async def _claimed_request(self, event: IncomingEvent) -> dict[str, Any] | None:
         """The start request the claim stored in the outbox for this event, if still pending."""
@@ -434,24 +442,35 @@ class Router:
         recorded: RecordStatus,
         run_key: str,
         request: dict[str, Any],
+        *,
+        holding_slot: bool = False,
     ) -> RouteResult:
         try:
-            run_id = await self.execute_start(event.device_id, run_key, request)
+            run_id = await self.execute_start(
+                event.device_id, run_key, request, holding_slot=holding_slot
+            )
         except ControlError as exc:
             # The claim queued the start in the outbox already; the reconciler retries it.
             return self._result(event, recorded, RouteAction.DEFERRED, detail=str(exc))
         return self._result(event, recorded, RouteAction.STARTED, run_id)
 
     async def execute_start(
-        self, device_id: str, run_key: str, request: dict[str, Any], *, probe: bool = False
+        self,
+        device_id: str,
+        run_key: str,
+        request: dict[str, Any],
+        *,
+        probe: bool = False,
+        holding_slot: bool = False,
     ) -> str:
         """Create the run (idempotent on ``run_key``) and bind it; raises ``ControlError``.
 
-        ``probe``: call Prefect even while the circuit is open (the reconciler's retries)."""
+        ``probe``: call Prefect even while the circuit is open (the reconciler's retries).
+        ``holding_slot``: the caller holds one of the concurrent call slots already."""
         if not probe:
             self._check_circuit()
         try:
-            async with self._calls:
+            async with contextlib.nullcontext() if holding_slot else self._calls:
                 run_id = await self._control.start(
                     parameters=request["parameters"],
                     idempotency_key=run_key,

@@ -230,6 +230,48 @@ async def test_two_routers_racing_on_one_device_start_one_run(
         assert len(runs) == 1, f"{dev}: {len(runs)} runs"
 
 
+async def test_a_start_queued_for_a_call_slot_is_not_created_again_by_a_reconciler(
+    app_db_url: str, idle_deployment: str
+) -> None:
+    """A burst of new devices queues their creates behind the router's concurrent call slots.
+    That wait must not make the start look abandoned: in the 1,000-device load bench another
+    process's reconciler created 200 of the runs a second time (idempotent on Prefect's side, a
+    create per run more on the server while it was busiest)."""
+    from datetime import timedelta
+
+    from store.columns import utc_now
+    from store.runs import START_GRACE
+
+    dev = device()
+    async with (
+        runtime(app_db_url, idle_deployment) as rt,
+        runtime(app_db_url, idle_deployment) as other_process,
+    ):
+        slots = rt.router._calls  # every slot busy, as with as many creates in flight
+        held = 0
+        while not slots.locked():
+            await slots.acquire()
+            held += 1
+        sending = asyncio.create_task(rt.local.send(dev, "hello", event_id="e1"))
+        try:
+
+            async def queued() -> bool:
+                return bool(slots._waiters)
+
+            await wait_until(queued, "the start queued for a call slot")
+            later = utc_now() + START_GRACE + timedelta(seconds=1)
+            report = await other_process.reconciler.run_once(now=later)
+            assert report.started == 0
+            assert await device_runs(dev) == []
+        finally:
+            for _ in range(held):
+                slots.release()
+        outcome = await sending
+        assert outcome.result is not None and outcome.result.action is RouteAction.STARTED
+        assert [str(r.id) for r in await device_runs(dev)] == [outcome.result.run_id]
+        assert await rt.ledger.outstanding(dev) == []
+
+
 async def test_the_next_event_after_a_finished_run_starts_a_new_one(
     app_db_url: str, idle_deployment: str
 ) -> None:
