@@ -479,6 +479,12 @@ var prefectServerEnv = [
     value: '5'
   }
   {
+    // A fleet started at once waits minutes for executor slots: marking ~all of it Late costs
+    // a transition and an event per run (docs/OPERATIONS.md 1.4).
+    name: 'PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS'
+    value: '300'
+  }
+  {
     name: 'PREFECT_SERVER_API_AUTH_STRING'
     secretRef: 'prefect-auth-string'
   }
