@@ -11,13 +11,17 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from bench.load import (
+    SERVER_UNDER_LOAD,
     Phase,
     ServerWatch,
     definition,
     descendants,
     read_proc,
     render,
+    server_settings,
 )
 from interpreter import load_definition, require_valid
 from interpreter.simulate import Mocks, simulate
@@ -107,3 +111,22 @@ def test_the_table_has_a_row_per_phase_with_per_run_figures() -> None:
     assert "0.300 / 0.100 / 0.050 (0.080) / 0.020" in row
     assert "| 3.0 | 15.0 |" in row
     assert "executor: 100/100 runs Completed" in table and "-> OK" in table
+
+
+def test_the_server_runs_with_the_load_settings_unless_the_caller_sets_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in SERVER_UNDER_LOAD:
+        monkeypatch.delenv(name, raising=False)
+    assert server_settings() == {
+        "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "20",
+        "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": "10",
+        "PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS": "300",
+    }
+    monkeypatch.setenv("PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE", "5")
+    monkeypatch.setenv("PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS", "15")
+    assert server_settings() == {
+        "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "5",
+        "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": "10",
+        "PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS": "15",
+    }
