@@ -24,7 +24,9 @@ RSS of each process (server, executor, the PSS sum of the PostgreSQL backends of
 databases), CPU-s per run of the server, the executor, those backends (sampled every second from
 ``/proc/<pid>/stat``) and the whole PostgreSQL cluster (postmaster with its reaped children: other
 work on the machine counts there), the API requests per run (the server's access log) and the
-server events per run (rows of its ``events`` table), and how long the server and the executor
+server events per run (rows of its ``events`` table; by name, with its flow-run states, the new
+connections to its database and the rows inserted and updated there, in the lines below the
+table), and how long the server and the executor
 waited for a CPU (``/proc/<pid>/task/*/schedstat``: the share of the machine's other work). At the
 end: every run Completed, every run's output counted all E events, the device events all stored
 (else exit 1), and how often the server log says "Subscription queue is full". ``--profile FILE``
@@ -325,10 +327,15 @@ class ServerWatch:
             found[f"state {row[0]}"] = int(row[1])
         # Connections opened to the server's database (PostgreSQL 14+): a pool too small for the
         # load opens and closes one per request that finds it busy.
-        sessions = await self._connection.fetchval(
-            "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+        # And the rows it wrote (the issue counted ~445 inserted per resumed run); PostgreSQL
+        # publishes a backend's counts when its transaction ends (within ~1 s of the phase's end).
+        stats = await self._connection.fetchrow(
+            "SELECT sessions, tup_inserted, tup_updated FROM pg_stat_database"
+            " WHERE datname = current_database()"
         )
-        found["database sessions opened"] = int(sessions or 0)
+        found["database sessions opened"] = int(stats["sessions"] or 0)
+        found["database rows inserted"] = int(stats["tup_inserted"] or 0)
+        found["database rows updated"] = int(stats["tup_updated"] or 0)
         return found
 
     def queue_full(self) -> int:
