@@ -416,11 +416,11 @@ class Router:
                 if winner is None or winner.run_key != run_key:
                     # Another event (another router) started the device's run first.
                     run_id = winner.run_id if winner else None
-                    detail = "lost the start"
-                    return self._result(event, recorded, RouteAction.BUSY, run_id, detail)
+                    return self._result(event, recorded, RouteAction.BUSY, run_id, "lost the start")
                 if winner.run_id is not None:
-                    run_id, detail = winner.run_id, "already"
-                    return self._result(event, recorded, RouteAction.STARTED, run_id, detail)
+                    return self._result(
+                        event, recorded, RouteAction.STARTED, winner.run_id, "already"
+                    )
                 # Our own claim from before: create with the request stored then (the same pin).
                 request = await self._claimed_request(event) or request
             return await self._create(event, recorded, run_key, request, holding_slot=True)
